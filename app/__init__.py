@@ -1,0 +1,1 @@
+"""The Lookalike HTTP service (FastAPI) and the `lookalike` command line."""

@@ -1,0 +1,94 @@
+"""What the service holds: the embedder and the served generation, hot-swapped when the pointer moves."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer import CatalogStore, GenerationError, IndexSpec, Manifest, VectorIndex, current_generation, read_manifest
+from indexer.build import CATALOG_DB, INDEX, VECTORS
+from indexer.generations import generations_dir
+from models import Embedder, ModelConfig, build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedGeneration:
+    """One generation opened for reading: catalog rows, stored vectors (memory-mapped) and the ANN index."""
+
+    name: str
+    manifest: Manifest
+    store: CatalogStore
+    vectors: np.ndarray
+    index: VectorIndex
+
+    @classmethod
+    def open(cls, data_dir: Path, name: str) -> LoadedGeneration:
+        path = generations_dir(data_dir) / name
+        manifest = read_manifest(path)
+        store = CatalogStore(path / CATALOG_DB)
+        vectors = np.load(path / VECTORS, mmap_mode="r")
+        index = VectorIndex.load(path / INDEX, IndexSpec(manifest.index_factory, manifest.nprobe))
+        if not (store.count == len(vectors) == index.ntotal == manifest.count) or vectors.shape[1] != manifest.dim:
+            raise GenerationError(f"generation {name} is inconsistent: {store.count} rows, {len(vectors)} vectors, "
+                                  f"{index.ntotal} indexed, manifest says {manifest.count}")
+        return cls(name, manifest, store, vectors, index)
+
+
+def embedder_for(manifest: Manifest, device: str) -> Embedder:
+    """Rebuild the model that made a generation (its checkpoint, or its config for pretrained networks)."""
+    if manifest.checkpoint:
+        model = build_model(checkpoint=manifest.checkpoint)
+    else:
+        model = build_model(ModelConfig.model_validate(manifest.model_config_json))
+    return Embedder(model, device=device)
+
+
+class ServiceState:
+    """The embedder plus the current generation; readers take a reference, reloads replace it atomically."""
+
+    def __init__(self, data_dir: Path, device: str = "auto") -> None:
+        self.data_dir = data_dir
+        self.device = device
+        self.embedder: Embedder | None = None
+        self._generation: LoadedGeneration | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> LoadedGeneration | None:
+        return self._generation
+
+    def reload(self, name: str | None = None) -> LoadedGeneration:
+        """Serve ``name`` (default: the pointer's generation); refuse one made by another model."""
+        with self._lock:
+            name = name or current_generation(self.data_dir)
+            if name is None:
+                raise GenerationError(f"no generation published under {self.data_dir}; run `lookalike index` first")
+            if self._generation is not None and self._generation.name == name:
+                return self._generation
+            loaded = LoadedGeneration.open(self.data_dir, name)
+            if self.embedder is None:
+                self.embedder = embedder_for(loaded.manifest, self.device)
+            if loaded.manifest.model_id != self.embedder.model_id or loaded.manifest.dim != self.embedder.dim:
+                loaded.store.close()
+                raise GenerationError(
+                    f"generation {name} was made by model {loaded.manifest.model_id} ({loaded.manifest.dim}d) but the "
+                    f"service runs {self.embedder.model_id} ({self.embedder.dim}d); restart the service to change models")
+            previous, self._generation = self._generation, loaded
+            log.info("serving generation %s (%d items)%s", name, loaded.manifest.count,
+                     f", replacing {previous.name}" if previous else "")
+            return loaded
+
+    def maybe_reload(self) -> None:
+        """Follow the pointer if it moved; a bad new generation is logged and the old one keeps serving."""
+        name = current_generation(self.data_dir)
+        if name and (self._generation is None or name != self._generation.name):
+            try:
+                self.reload(name)
+            except (GenerationError, OSError, RuntimeError) as exc:
+                log.error("not switching to %s: %s", name, exc)

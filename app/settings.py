@@ -1,0 +1,43 @@
+"""The one settings object of a process, read from LOOKALIKE_* environment variables (or a .env file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Paths, limits and tuning for the service and the batch jobs; created once and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    demo_dir: Path = Path("data/demo")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    device: str = "auto"
+    torch_threads: int | None = Field(default=None, ge=1, description="None: one per core")
+
+    # request limits
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(default=40_000_000, ge=64 * 64)
+    max_k: int = Field(default=100, ge=1)
+    max_candidates: int = Field(default=100_000, ge=1)
+    keyword_hit_limit: int = Field(default=100_000, ge=1)
+
+    # search planning
+    exact_threshold: int = Field(default=100_000, ge=0, description="candidate sets up to this size are scored exactly")
+    overfetch: int = Field(default=4, ge=1, description="images fetched per wanted product when grouping")
+
+    # indexing
+    flat_threshold: int = Field(default=200_000, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    workers: int = Field(default=2, ge=0)
+    keep_generations: int = Field(default=3, ge=1)
+    checkpoint: str | None = None
+
+    # service behaviour
+    reload_interval_s: float = Field(default=2.0, ge=0, description="0 disables watching for new generations")
+    api_key: str | None = None

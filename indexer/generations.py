@@ -1,0 +1,104 @@
+"""Versioned index generations on disk, and the pointer that says which one is served.
+
+data_dir/generations/gen-000007/{catalog.db, vectors.npy, index.faiss, manifest.json}
+data_dir/CURRENT holds the served generation's name; it is replaced with os.replace, so readers see the
+old or the new name, never a half-written file. A build writes a new directory beside the served one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+POINTER = "CURRENT"
+MANIFEST = "manifest.json"
+PREFIX = "gen-"
+
+
+class GenerationError(RuntimeError):
+    """No usable generation, or one that does not fit the running model."""
+
+
+class Manifest(BaseModel):
+    """What a generation holds and what made it; the service checks it before serving."""
+
+    generation: str
+    created_at: str
+    model_id: str
+    model_config_json: dict[str, Any]
+    checkpoint: str | None = None
+    dim: int
+    count: int
+    unique_images: int
+    index_factory: str
+    nprobe: int = 1
+    catalog: str
+    catalog_sha256: str = ""
+    seconds: dict[str, float] = {}
+
+
+def generations_dir(data_dir: Path) -> Path:
+    return data_dir / "generations"
+
+
+def list_generations(data_dir: Path) -> list[str]:
+    """Completed generations (those with a manifest), oldest first."""
+    root = generations_dir(data_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(PREFIX) and (p / MANIFEST).is_file())
+
+
+def new_generation_dir(data_dir: Path) -> Path:
+    """A fresh directory named one past the highest existing generation (complete or not)."""
+    root = generations_dir(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name[len(PREFIX):]) for p in root.iterdir() if p.name[len(PREFIX):].isdigit()]
+    path = root / f"{PREFIX}{max(numbers, default=0) + 1:06d}"
+    path.mkdir()
+    return path
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def publish(data_dir: Path, generation: str) -> None:
+    """Make ``generation`` the served one, atomically."""
+    if not (generations_dir(data_dir) / generation / MANIFEST).is_file():
+        raise GenerationError(f"generation {generation} is incomplete (no manifest)")
+    tmp = data_dir / (POINTER + ".tmp")
+    tmp.write_text(generation + "\n")
+    os.replace(tmp, data_dir / POINTER)
+
+
+def current_generation(data_dir: Path) -> str | None:
+    pointer = data_dir / POINTER
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    return name or None
+
+
+def read_manifest(generation_dir: Path) -> Manifest:
+    try:
+        return Manifest.model_validate_json((generation_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise GenerationError(f"{generation_dir} has no manifest") from None
+
+
+def prune_generations(data_dir: Path, keep: int) -> list[str]:
+    """Delete the oldest complete generations beyond ``keep``, never the served one; returns what went."""
+    served = current_generation(data_dir)
+    names = list_generations(data_dir)
+    doomed = [n for n in names[:-keep] if n != served] if keep > 0 else []
+    for name in doomed:
+        shutil.rmtree(generations_dir(data_dir) / name, ignore_errors=True)
+    return doomed

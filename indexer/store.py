@@ -1,0 +1,139 @@
+"""The catalog database of one generation: SQLite rows keyed by the dense vector id, with FTS5 keyword search."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexer.catalog import CatalogRow
+
+SCHEMA = """
+CREATE TABLE items (
+    id INTEGER PRIMARY KEY,          -- the vector id in the FAISS index and in vectors.npy
+    item_id TEXT NOT NULL UNIQUE,
+    product_id TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    category TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    image TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX items_product ON items(product_id);
+CREATE INDEX items_category ON items(category);
+CREATE VIRTUAL TABLE items_fts USING fts5(title, category, description, content='items', content_rowid='id',
+                                          tokenize='unicode61 remove_diacritics 2');
+"""
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """A catalog image as the service reports it."""
+
+    id: int
+    item_id: str
+    product_id: str
+    title: str
+    category: str
+    image: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+def fts_query(text: str) -> str:
+    """Turn free text into a safe FTS5 query: every word must match (prefix match on the last one)."""
+    words = re.findall(r"\w+", text.lower())
+    if not words:
+        return ""
+    quoted = [f'"{w}"' for w in words]
+    quoted[-1] += "*"
+    return " AND ".join(quoted)
+
+
+def create_store(path: Path, rows: Sequence[CatalogRow], content_hashes: Sequence[str]) -> None:
+    """Write a new catalog database; row i gets vector id i."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(SCHEMA)
+        conn.executemany(
+            "INSERT INTO items (id, item_id, product_id, title, category, description, image, content_hash, attributes)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ((i, r.item_id, r.product_id, r.title, r.category, r.description, str(r.image), h,
+              json.dumps(r.attributes, sort_keys=True)) for i, (r, h) in enumerate(zip(rows, content_hashes, strict=True))),
+        )
+        conn.execute("INSERT INTO items_fts(items_fts) VALUES ('rebuild')")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+class CatalogStore:
+    """Read-only access to a generation's catalog database, safe to share between request threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self.count = self._one("SELECT COUNT(*) FROM items")[0]
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _all(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _one(self, sql: str, params: Iterable[object] = ()) -> sqlite3.Row:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchone()
+
+    @staticmethod
+    def _item(row: sqlite3.Row) -> StoredItem:
+        return StoredItem(row["id"], row["item_id"], row["product_id"], row["title"], row["category"], row["image"],
+                          json.loads(row["attributes"]))
+
+    def by_item_id(self, item_id: str) -> StoredItem | None:
+        row = self._one("SELECT * FROM items WHERE item_id = ?", (item_id,))
+        return self._item(row) if row else None
+
+    def by_ids(self, ids: Sequence[int]) -> dict[int, StoredItem]:
+        """Items for vector ids, in chunks that stay under SQLite's parameter limit."""
+        found: dict[int, StoredItem] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for row in self._all(f"SELECT * FROM items WHERE id IN ({marks})", chunk):
+                found[row["id"]] = self._item(row)
+        return found
+
+    def ids_for_item_ids(self, item_ids: Sequence[str]) -> dict[str, int]:
+        """Vector ids of the given item ids; unknown ones are absent from the result."""
+        found: dict[str, int] = {}
+        for start in range(0, len(item_ids), 900):
+            chunk = list(item_ids[start:start + 900])
+            marks = ",".join("?" * len(chunk))
+            for row in self._all(f"SELECT item_id, id FROM items WHERE item_id IN ({marks})", chunk):
+                found[row["item_id"]] = row["id"]
+        return found
+
+    def keyword_ids(self, text: str, limit: int) -> list[tuple[int, float]]:
+        """Ids matching the keywords with their BM25 relevance (higher is better), best first."""
+        query = fts_query(text)
+        if not query:
+            return []
+        rows = self._all("SELECT rowid, bm25(items_fts) AS rank FROM items_fts WHERE items_fts MATCH ? "
+                         "ORDER BY rank LIMIT ?", (query, limit))
+        return [(r["rowid"], -float(r["rank"])) for r in rows]
+
+    def ids_in_categories(self, categories: Sequence[str]) -> list[int]:
+        marks = ",".join("?" * len(categories))
+        return [r["id"] for r in self._all(f"SELECT id FROM items WHERE category IN ({marks})", list(categories))]
+
+    def categories(self) -> list[tuple[str, int]]:
+        return [(r[0], r[1]) for r in self._all("SELECT category, COUNT(*) FROM items GROUP BY category ORDER BY 1")]
