@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from indexer import IndexSpec, VectorIndex, choose_index_spec, exact_top_k
+
+
+def _unit(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_chooser_is_exact_for_small_and_ivf_for_large():
+    assert choose_index_spec(1000).factory == "Flat"
+    spec = choose_index_spec(4_000_000, flat_threshold=1_000_000)
+    assert spec.is_ivf and spec.nprobe >= 8
+
+
+def test_flat_index_matches_brute_force():
+    base, queries = _unit(2000, 32, 1338), _unit(20, 32, 7)
+    index = VectorIndex.build(base, IndexSpec("Flat"))
+    scores, ids = index.search(queries, 10)
+    truth = np.argsort(-(queries @ base.T), axis=1)[:, :10]
+    assert (ids == truth).all()
+    assert np.allclose(scores, np.take_along_axis(queries @ base.T, truth, 1), atol=1e-5)
+
+
+def test_ivf_recall_rises_with_nprobe_without_mutating_the_index():
+    base, queries = _unit(20000, 32, 1338), _unit(100, 32, 9)
+    index = VectorIndex.build(base, IndexSpec("IVF64,Flat", nprobe=4))
+    truth = np.argsort(-(queries @ base.T), axis=1)[:, :10]
+
+    def recall(nprobe: int) -> float:
+        _, ids = index.search(queries, 10, nprobe=nprobe)
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)])
+
+    low, mid, full = recall(1), recall(8), recall(64)
+    assert low <= mid <= full and full == 1.0
+    assert index.index.nprobe == 1  # per-call parameters never touched the shared index
+
+
+def test_selector_restricts_results():
+    base, query = _unit(500, 16, 3), _unit(1, 16, 4)
+    allowed = np.array([5, 17, 99, 250], dtype=np.int64)
+    for spec in (IndexSpec("Flat"), IndexSpec("IVF8,Flat", nprobe=8)):
+        index = VectorIndex.build(base, spec)
+        _, ids = index.search(query, 10, allowed_ids=allowed)
+        found = ids[0][ids[0] >= 0]
+        assert set(found) == set(allowed.tolist())
+        exact_scores, exact_ids = exact_top_k(base[allowed], allowed, query[0], 10)
+        assert list(found) == list(exact_ids)
+
+
+def test_dimension_mismatch_is_an_error():
+    index = VectorIndex.build(_unit(10, 8, 1), IndexSpec("Flat"))
+    with pytest.raises(ValueError, match="dimension"):
+        index.search(_unit(1, 9, 1), 3)
+
+
+def test_exact_top_k_orders_by_score_then_id():
+    vectors = np.array([[1, 0], [0, 1], [1, 0], [0.5, 0.5]], dtype=np.float32)
+    scores, ids = exact_top_k(vectors, np.array([10, 11, 12, 13]), np.array([1, 0], np.float32), 3)
+    assert list(ids) == [10, 12, 13]
+    assert list(scores) == [1.0, 1.0, 0.5]
