@@ -1,0 +1,43 @@
+# Lookalike: `make run` (install, build the demo catalog and index, serve) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_DATA := /usr/share/sweethome3d/furniture
+
+.PHONY: install run demo serve test lint bench-quality clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# pip takes torch/torchvision from the machine's wheel cache when it has them (see README).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The demo catalog's source: Debian's sweethome3d-furniture (about 120 MB of real furniture models).
+$(DEMO_DATA):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends sweethome3d-furniture
+
+demo: install $(DEMO_DATA)
+	$(BIN)/lookalike demo
+
+serve: install
+	$(BIN)/lookalike serve
+
+run: demo serve
+
+test: install $(DEMO_DATA)
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/hadolint Dockerfile
+
+bench-quality: demo
+	$(BIN)/python bench/demo_quality.py
+
+clean:
+	rm -rf $(VENV) data
