@@ -1,0 +1,81 @@
+"""Retrieval quality on the demo furniture catalog: held-out renders as queries, the catalog as gallery.
+
+For each product, a render not in the catalog (queries.csv) is the query; the gallery is every catalog image
+(icon + indexed renders of all products). Results are grouped by product as the service does, and
+Recall@K is the share of queries whose product is among the first K products. Compares the pretrained
+EfficientNet-Lite0 with the same network at random init (and optionally a trained checkpoint).
+
+    .venv/bin/python bench/demo_quality.py [--demo-dir data/demo] [--checkpoint best.pt] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from indexer import read_catalog
+from indexer.extract import extract_embeddings
+from models import Embedder, ModelConfig, build_model
+
+
+def product_recall(query_vecs: np.ndarray, query_products: list[str], gallery_vecs: np.ndarray,
+                   gallery_products: list[str], ks: tuple[int, ...]) -> dict[int, float]:
+    """Recall@K over products: rank gallery images, keep each product's best image, find the query's product."""
+    sims = query_vecs @ gallery_vecs.T
+    gallery = np.array(gallery_products)
+    hits = {k: 0 for k in ks}
+    for row, truth in zip(sims, query_products, strict=True):
+        order = gallery[np.argsort(-row, kind="stable")]
+        _, first = np.unique(order, return_index=True)
+        ranked = order[np.sort(first)]
+        position = int(np.nonzero(ranked == truth)[0][0]) if truth in ranked else len(ranked)
+        for k in ks:
+            hits[k] += position < k
+    return {k: hits[k] / len(query_products) for k in ks}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo-dir", type=Path, default=Path("data/demo"))
+    parser.add_argument("--checkpoint", type=str, default=None, help="also evaluate a trained checkpoint")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--limit", type=int, default=None, help="first N products only")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    rows = read_catalog(args.demo_dir / "catalog.csv")
+    with (args.demo_dir / "queries.csv").open() as handle:
+        queries = [(args.demo_dir / r["query_image"], r["product_id"]) for r in csv.DictReader(handle)]
+    if args.limit:
+        keep = list(dict.fromkeys(r.product_id for r in rows))[: args.limit]
+        rows = [r for r in rows if r.product_id in set(keep)]
+        queries = [q for q in queries if q[1] in set(keep)]
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}; "
+          f"gallery {len(rows)} images of {len({r.product_id for r in rows})} products, {len(queries)} queries")
+
+    models = {
+        "efficientnet_lite0 (ImageNet)": lambda: build_model(ModelConfig(image_size=args.image_size)),
+        "efficientnet_lite0 (random init)": lambda: build_model(ModelConfig(image_size=args.image_size, pretrained=False)),
+    }
+    if args.checkpoint:
+        models[f"checkpoint {args.checkpoint}"] = lambda: build_model(checkpoint=args.checkpoint)
+    ks = (1, 5, 10)
+    print(f"{'model':<40} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'img/s':>7}")
+    for name, make in models.items():
+        embedder = Embedder(make(), device="auto")
+        start = time.perf_counter()
+        gallery = extract_embeddings([r.image for r in rows], embedder, workers=args.workers, progress=False)
+        query = extract_embeddings([q[0] for q in queries], embedder, workers=args.workers, progress=False)
+        rate = (len(rows) + len(queries)) / (time.perf_counter() - start)
+        recall = product_recall(query, [q[1] for q in queries], gallery, [r.product_id for r in rows], ks)
+        print(f"{name:<40} {recall[1]:>6.3f} {recall[5]:>6.3f} {recall[10]:>6.3f} {rate:>7.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
