@@ -20,8 +20,11 @@ class ApiError(Exception):
         self.message = message
 
 
-def _body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+def _reply(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(code).inc()
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def image_error(exc: ImageRejected) -> ApiError:
@@ -30,23 +33,23 @@ def image_error(exc: ImageRejected) -> ApiError:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.code, exc.message), status_code=exc.status)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return _reply(request, exc.status, exc.code, exc.message)
 
     @app.exception_handler(ImageRejected)
-    async def _image(_: Request, exc: ImageRejected) -> JSONResponse:
+    async def _image(request: Request, exc: ImageRejected) -> JSONResponse:
         err = image_error(exc)
-        return JSONResponse(_body(err.code, err.message), status_code=err.status)
+        return _reply(request, err.status, err.code, err.message)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for e in exc.errors():
             where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
             parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
-        return JSONResponse(_body("invalid_request", "; ".join(parts) or "invalid request"), status_code=422)
+        return _reply(request, 422, "invalid_request", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        return _reply(request, exc.status_code, code, str(exc.detail), exc.headers)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Hit(BaseModel):
@@ -17,9 +17,41 @@ class Hit(BaseModel):
     attributes: dict[str, str] = {}
 
 
+class SearchOptions(BaseModel):
+    """What to search for besides the image; from query parameters, form fields or the JSON body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(10, ge=1, description="results per page")
+    offset: int = Field(0, ge=0, le=10_000, description="results to skip (pagination)")
+    q: str | None = Field(None, max_length=500, description="keywords: rank only items whose title/category match")
+    candidate_ids: list[str] | None = Field(None, description="rank only these item ids (e.g. the shop's own hits)")
+    category: list[str] | None = Field(None, description="rank only items of these categories")
+    group: bool = Field(True, description="one result per product (its best image)")
+    keyword_weight: float = Field(0.0, ge=0.0, le=1.0, description="with q: blend of BM25 (1) and visual (0) scores")
+
+
+class SimilarOptions(SearchOptions):
+    same_product: bool = Field(False, description="include other images of the item's own product")
+
+
+class SearchJSON(SearchOptions):
+    """A search with the image inline, base64-encoded."""
+
+    image_base64: str = Field(min_length=1, description="the query image, base64 (standard alphabet)")
+
+
+class BatchSearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[SearchJSON] = Field(min_length=1)
+
+
 class SearchResponse(BaseModel):
     results: list[Hit]
     grouped: bool
+    offset: int = 0
+    has_more: bool = False
     plan: str = Field(description="exact (candidate set scored exactly), index, or index+selector")
     candidates: int | None = Field(None, description="size of the keyword/candidate/category set, if any")
     unknown_candidate_ids: list[str] = []
@@ -55,3 +87,44 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class BatchSearchResponse(BaseModel):
+    responses: list[SearchResponse]
+
+
+class ItemUpdate(BaseModel):
+    """Metadata of an item added or replaced between full rebuilds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: str = Field(min_length=1, max_length=256)
+    title: str = Field("", max_length=1000)
+    category: str = Field("", max_length=256)
+    description: str = Field("", max_length=10_000)
+    attributes: dict[str, str] = {}
+
+
+class ItemChange(BaseModel):
+    item_id: str
+    status: str = Field(description="created, updated or deleted")
+    generation: str
+
+
+class ReloadResult(BaseModel):
+    generation: str
+    model_id: str
+    items: int
+
+
+class ReindexJob(BaseModel):
+    state: str = Field(description="idle, running, done or failed")
+    catalog: str | None = None
+    generation: str | None = None
+    message: str | None = None
+
+
+class ReindexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    catalog: str = Field(min_length=1, description="catalog file path on the server")

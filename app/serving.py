@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from indexer import CatalogStore, GenerationError, IndexSpec, Manifest, VectorIndex, current_generation, read_manifest
 from indexer.build import CATALOG_DB, INDEX, VECTORS
 from indexer.generations import generations_dir
+from indexer.live import LiveCatalog
 from models import Embedder, ModelConfig, build_model
 
 log = logging.getLogger(__name__)
@@ -19,13 +22,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedGeneration:
-    """One generation opened for reading: catalog rows, stored vectors (memory-mapped) and the ANN index."""
+    """One generation opened for reading: the live catalog (base rows, vectors, ANN index, delta) and manifest."""
 
     name: str
+    path: Path
     manifest: Manifest
-    store: CatalogStore
-    vectors: np.ndarray
-    index: VectorIndex
+    catalog: LiveCatalog
 
     @classmethod
     def open(cls, data_dir: Path, name: str) -> LoadedGeneration:
@@ -35,9 +37,10 @@ class LoadedGeneration:
         vectors = np.load(path / VECTORS, mmap_mode="r")
         index = VectorIndex.load(path / INDEX, IndexSpec(manifest.index_factory, manifest.nprobe))
         if not (store.count == len(vectors) == index.ntotal == manifest.count) or vectors.shape[1] != manifest.dim:
+            store.close()
             raise GenerationError(f"generation {name} is inconsistent: {store.count} rows, {len(vectors)} vectors, "
                                   f"{index.ntotal} indexed, manifest says {manifest.count}")
-        return cls(name, manifest, store, vectors, index)
+        return cls(name, path, manifest, LiveCatalog(path, store, vectors, index))
 
 
 def embedder_for(manifest: Manifest, device: str) -> Embedder:
@@ -56,6 +59,7 @@ class ServiceState:
         self.data_dir = data_dir
         self.device = device
         self.embedder: Embedder | None = None
+        self.batcher: Any = None  # app.batching.MicroBatcher once the embedder is loaded, when batching is on
         self._generation: LoadedGeneration | None = None
         self._lock = threading.Lock()
 
@@ -75,7 +79,7 @@ class ServiceState:
             if self.embedder is None:
                 self.embedder = embedder_for(loaded.manifest, self.device)
             if loaded.manifest.model_id != self.embedder.model_id or loaded.manifest.dim != self.embedder.dim:
-                loaded.store.close()
+                loaded.catalog.close()
                 raise GenerationError(
                     f"generation {name} was made by model {loaded.manifest.model_id} ({loaded.manifest.dim}d) but the "
                     f"service runs {self.embedder.model_id} ({self.embedder.dim}d); restart the service to change models")
@@ -83,6 +87,12 @@ class ServiceState:
             log.info("serving generation %s (%d items)%s", name, loaded.manifest.count,
                      f", replacing {previous.name}" if previous else "")
             return loaded
+
+    def warm_up(self) -> None:
+        """One forward at start-up so the first real query does not pay for lazy initialisation."""
+        if self.embedder is not None:
+            size = self.embedder.image_size
+            self.embedder.embed_tensors(torch.zeros(1, 3, size, size))
 
     def maybe_reload(self) -> None:
         """Follow the pointer if it moved; a bad new generation is logged and the old one keeps serving."""

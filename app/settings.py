@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
     max_k: int = Field(default=100, ge=1)
     max_candidates: int = Field(default=100_000, ge=1)
-    keyword_hit_limit: int = Field(default=100_000, ge=1)
+    max_batch_queries: int = Field(default=32, ge=1)
+    request_timeout_s: float = Field(default=30.0, gt=0)
 
     # search planning
     exact_threshold: int = Field(default=100_000, ge=0, description="candidate sets up to this size are scored exactly")
@@ -40,4 +41,9 @@ class Settings(BaseSettings):
 
     # service behaviour
     reload_interval_s: float = Field(default=2.0, ge=0, description="0 disables watching for new generations")
-    api_key: str | None = None
+    admin_api_key: str | None = Field(default=None, description="X-API-Key for /admin; None disables /admin")
+    search_api_key: str | None = Field(default=None, description="X-API-Key for search; None leaves search open")
+    cors_origins: list[str] = Field(default_factory=list, description='e.g. ["https://shop.example"]')
+    upload_dir_name: str = "uploads"
+    batch_window_ms: float = Field(default=3.0, ge=0, description="micro-batching window for concurrent queries")
+    max_batch_size: int = Field(default=32, ge=1)

@@ -1,0 +1,159 @@
+"""Search routes: by photo (three input forms), in batches, and more-like-this by catalog item."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.api.items import item_or_404
+from app.deps import GenerationDep, MetricsDep, SettingsDep, StateDep, require_search_key
+from app.errors import ApiError
+from app.planner import PlanError, plan_and_search
+from app.planner import Query as PlanQuery
+from app.query_input import decode_base64_image, read_body, read_search_request, split_list, validated
+from app.schemas import (BatchSearchRequest, BatchSearchResponse, ErrorResponse, Hit, SearchJSON, SearchOptions,
+                         SearchResponse,
+                         SimilarOptions)
+from app.serving import LoadedGeneration, ServiceState
+from app.settings import Settings
+from indexer import StoredItem
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
+router = APIRouter(tags=["search"], dependencies=[Depends(require_search_key)])
+
+_FIELDS = {name: field for name, field in SearchOptions.model_json_schema()["properties"].items()}
+SEARCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}, **_FIELDS}}},
+            "application/json": {"schema": SearchJSON.model_json_schema()},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+
+
+def hit(item: StoredItem, score: float) -> Hit:
+    return Hit(product_id=item.product_id, item_id=item.item_id, title=item.title, category=item.category,
+               score=round(score, 6), image_url=f"/items/{item.item_id}/image", attributes=item.attributes)
+
+
+def plan_query(options: SearchOptions, settings: Settings, **extra: object) -> PlanQuery:
+    if options.k > settings.max_k:
+        raise ApiError(422, "k_too_large", f"k is {options.k}; the limit is {settings.max_k}")
+    candidates = split_list(options.candidate_ids)
+    if candidates is not None:
+        if not candidates:
+            raise ApiError(422, "empty_candidates", "candidate_ids was given but holds no ids")
+        if len(candidates) > settings.max_candidates:
+            raise ApiError(422, "too_many_candidates",
+                           f"{len(candidates)} candidate ids; the limit is {settings.max_candidates}")
+    if options.keyword_weight > 0 and not options.q:
+        raise ApiError(422, "keyword_weight_without_q", "keyword_weight blends BM25 with visual scores: give q too")
+    return PlanQuery(k=options.k, offset=options.offset, q=options.q or None, candidate_ids=candidates,
+                     categories=split_list(options.category), group=options.group,
+                     keyword_weight=options.keyword_weight, **extra)  # type: ignore[arg-type]
+
+
+def ranked_response(settings: Settings, gen: LoadedGeneration, vector: np.ndarray, query: PlanQuery,
+                    timings: dict[str, float]) -> SearchResponse:
+    start = time.perf_counter()
+    try:
+        ranked = plan_and_search(gen.catalog, vector, query, exact_threshold=settings.exact_threshold,
+                                 overfetch=settings.overfetch)
+    except PlanError as exc:
+        raise ApiError(422, "unplannable", str(exc)) from None
+    start_fetch = time.perf_counter()
+    results = [hit(i, s) for i, s in ranked.hits]
+    timings["search"] = start_fetch - start
+    timings["fetch"] = time.perf_counter() - start_fetch
+    return SearchResponse(results=results, grouped=query.group, offset=query.offset, has_more=ranked.has_more,
+                          plan=ranked.plan, candidates=ranked.candidates,
+                          unknown_candidate_ids=ranked.unknown_candidate_ids, generation=gen.name,
+                          model_id=gen.manifest.model_id, timings_ms={k: round(v * 1000, 3) for k, v in timings.items()})
+
+
+async def embed_uploads(state: ServiceState, settings: Settings, images: list[bytes], timings: dict[str, float]) -> np.ndarray:
+    """Decode (bounded) and embed query images; concurrent requests share model forwards when batching is on."""
+    embedder = state.embedder
+    assert embedder is not None  # get_generation guarantees it
+    start = time.perf_counter()
+    tensors = [await run_in_threadpool(lambda d=data: embedder.preprocess(embedder.load(d, settings.max_pixels)))
+               for data in images]
+    timings["decode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if state.batcher is not None and len(tensors) == 1:
+        vectors = (await state.batcher.embed(tensors[0]))[None, :]
+    else:
+        import torch
+
+        vectors = await run_in_threadpool(embedder.embed_tensors, torch.stack(tensors))
+    timings["embed"] = time.perf_counter() - start
+    return vectors
+
+
+@router.post("/search", response_model=SearchResponse, responses=ERRORS, openapi_extra=SEARCH_BODY,
+             summary="Find the catalog products that look most like a photo")
+async def search(request: Request, settings: SettingsDep, state: StateDep, gen: GenerationDep,
+                 metrics: MetricsDep) -> SearchResponse:
+    """The photo comes as a multipart upload (field `image`, options as form fields or query parameters), as a
+    raw image body (options as query parameters), or as JSON with `image_base64`."""
+    data, options = await read_search_request(request, settings.max_upload_bytes)
+    query = plan_query(options, settings)
+    timings: dict[str, float] = {}
+    vector = (await embed_uploads(state, settings, [data], timings))[0]
+    response = await run_in_threadpool(ranked_response, settings, gen, vector, query, timings)
+    metrics.observe(timings)
+    metrics.searches.labels("search", response.plan).inc()
+    return response
+
+
+@router.post("/search/batch", response_model=BatchSearchResponse, responses=ERRORS,
+             summary="Several photo searches in one request (one model forward for all)")
+async def search_batch(request: Request, settings: SettingsDep, state: StateDep, gen: GenerationDep,
+                       metrics: MetricsDep) -> BatchSearchResponse:
+    limit = settings.max_batch_queries * (settings.max_upload_bytes * 4 // 3) + 64 * 1024
+    batch: BatchSearchRequest = validated(BatchSearchRequest, await read_body(request, limit))  # type: ignore[arg-type]
+    if len(batch.queries) > settings.max_batch_queries:
+        raise ApiError(422, "too_many_queries", f"{len(batch.queries)} queries; the limit is {settings.max_batch_queries}")
+    queries = [plan_query(q, settings) for q in batch.queries]
+    images = []
+    for n, q in enumerate(batch.queries):
+        try:
+            images.append(decode_base64_image(q.image_base64, settings.max_upload_bytes))
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"queries[{n}]: {exc.message}") from None
+    timings: dict[str, float] = {}
+    vectors = await embed_uploads(state, settings, images, timings)
+    responses = [await run_in_threadpool(ranked_response, settings, gen, v, q, dict(timings))
+                 for v, q in zip(vectors, queries, strict=True)]
+    metrics.observe(timings)
+    for r in responses:
+        metrics.searches.labels("batch", r.plan).inc()
+    return BatchSearchResponse(responses=responses)
+
+
+@router.get("/items/{item_id}/similar", response_model=SearchResponse, responses=ERRORS,
+            summary="More like this: products that look like a catalog item")
+def similar(
+    settings: SettingsDep,
+    gen: GenerationDep,
+    metrics: MetricsDep,
+    item_id: str,
+    options: Annotated[SimilarOptions, Query()],
+) -> SearchResponse:
+    item = item_or_404(gen, item_id)
+    query = plan_query(options, settings, exclude_ids=frozenset({item.id}),
+                       exclude_products=frozenset() if options.same_product else frozenset({item.product_id}))
+    timings: dict[str, float] = {}
+    response = ranked_response(settings, gen, gen.catalog.vector_of(item), query, timings)
+    metrics.observe(timings)
+    metrics.searches.labels("similar", response.plan).inc()
+    return response
