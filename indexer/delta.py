@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.catalog import CatalogRow
-from indexer.store import StoredItem, fts_query
+from indexer.store import StoredItem, fts_query, row_digest
 
 DELTA_DB = "delta.db"
 SCHEMA = """
@@ -116,6 +116,15 @@ class DeltaStore:
             if dropped:
                 self._bump()
         return dropped
+
+    def fingerprints(self) -> dict[str, str]:
+        """item_id -> row digest of the live delta rows (see indexer.store.row_digest)."""
+        rows = self._conn.execute("SELECT item_id, product_id, title, category, description, content_hash, attributes "
+                                  "FROM delta_items").fetchall()
+        return {r[0]: row_digest(*r[1:]) for r in rows}
+
+    def tombstoned(self) -> set[int]:
+        return {r[0] for r in self._conn.execute("SELECT id FROM tombstones")}
 
     def keyword_ids(self, text: str) -> list[tuple[int, float]]:
         query = fts_query(text)

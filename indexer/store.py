@@ -44,6 +44,11 @@ class StoredItem:
     attributes: dict[str, str] = field(default_factory=dict)
 
 
+def row_digest(product_id: str, title: str, category: str, description: str, content_hash: str, attributes: str) -> str:
+    """What decides whether an item changed: its image bytes and every metadata field."""
+    return json.dumps([product_id, title, category, description, content_hash, json.loads(attributes)], sort_keys=True)
+
+
 def fts_query(text: str) -> str:
     """Turn free text into a safe FTS5 query: every word must match (prefix match on the last one)."""
     words = re.findall(r"\w+", text.lower())
@@ -134,6 +139,12 @@ class CatalogStore:
     def ids_in_categories(self, categories: Sequence[str]) -> list[int]:
         marks = ",".join("?" * len(categories))
         return [r["id"] for r in self._all(f"SELECT id FROM items WHERE category IN ({marks})", list(categories))]
+
+    def fingerprints(self) -> dict[str, tuple[int, str]]:
+        """item_id -> (vector id, a digest of the row's content and metadata), for incremental diffs."""
+        rows = self._all("SELECT id, item_id, product_id, title, category, description, content_hash, attributes FROM items")
+        return {r["item_id"]: (r["id"], row_digest(r["product_id"], r["title"], r["category"], r["description"],
+                                                  r["content_hash"], r["attributes"])) for r in rows}
 
     def categories(self) -> list[tuple[str, int]]:
         return [(r[0], r[1]) for r in self._all("SELECT category, COUNT(*) FROM items GROUP BY category ORDER BY 1")]
