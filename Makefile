@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DATA := /usr/share/sweethome3d/furniture
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install run demo serve test lint bench-quality clean
 
@@ -22,6 +23,11 @@ $(DEMO_DATA):
 	$(SUDO) apt-get update
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends sweethome3d-furniture
 
+# The browser test drives Debian's Chromium (Playwright never downloads a browser of its own).
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium
+
 demo: install $(DEMO_DATA)
 	$(BIN)/lookalike demo
 
@@ -30,7 +36,7 @@ serve: install
 
 run: demo serve
 
-test: install $(DEMO_DATA)
+test: install $(DEMO_DATA) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 lint: install

@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from app.api import admin, items, ops, search
+from app.batching import MicroBatcher
 from app.errors import install_error_handlers
 from app.metrics import ServiceMetrics
 from app.serving import ServiceState
@@ -31,10 +32,19 @@ async def _watch(state: ServiceState, interval: float) -> None:
 
 
 def _limit_threads(settings: Settings) -> None:
-    """One pool of compute threads for torch and FAISS, sized to the machine, so they do not oversubscribe it."""
-    threads = settings.torch_threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    """Few threads per forward and per FAISS search: requests run side by side and must not oversubscribe the CPU."""
+    torch.set_num_threads(settings.torch_threads)
+    faiss.omp_set_num_threads(settings.torch_threads)
+
+
+def _start_batcher(state: ServiceState, settings: Settings) -> MicroBatcher | None:
+    """Micro-batch concurrent query embeddings where it pays (a GPU); on the CPU one forward per request is faster."""
+    embedder = state.embedder
+    wanted = settings.micro_batching == "on" or (settings.micro_batching == "auto" and embedder is not None
+                                                 and embedder.device.type == "cuda")
+    if embedder is None or not wanted:
+        return None
+    return MicroBatcher(embedder.embed_tensors, window_ms=settings.batch_window_ms, max_batch=settings.max_batch_size)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,17 +56,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _limit_threads(settings)
         state = ServiceState(settings.data_dir, settings.device)
         app.state.service = state
+        app.state.forward_slots = asyncio.Semaphore(settings.max_concurrent_forwards or os.cpu_count() or 1)
         try:
             await asyncio.to_thread(state.reload)
             await asyncio.to_thread(state.warm_up)
         except GenerationError as exc:
             log.warning("starting without an index: %s", exc)
+        state.batcher = _start_batcher(state, settings)
         watcher = asyncio.create_task(_watch(state, settings.reload_interval_s)) if settings.reload_interval_s else None
         try:
             yield
         finally:
             if watcher:
                 watcher.cancel()
+            if state.batcher is not None:
+                await state.batcher.aclose()
 
     app = FastAPI(title="Lookalike", version="0.1.0", lifespan=lifespan,
                   description="Visual search for product catalogs: upload a photo, get the most similar products.")

@@ -82,23 +82,33 @@ def candidate_set(catalog: LiveCatalog, query: Query) -> Candidates:
     return Candidates(allowed, unknown, keyword_scores)
 
 
-def _take(catalog: LiveCatalog, ids: np.ndarray, scores: np.ndarray, query: Query, limit: int) -> list[tuple[StoredItem, float]]:
-    """Walk ranked ids, dropping excluded ones and (when grouping) all but a product's best image."""
-    ids_list = [int(i) for i in ids if i >= 0]
-    rows = catalog.by_ids(ids_list)
+def _take(catalog: LiveCatalog, ids: np.ndarray, scores: np.ndarray, query: Query, limit: int,
+          first_chunk: int = 256) -> list[tuple[StoredItem, float]]:
+    """Walk ranked ids, dropping excluded ones and (when grouping) all but a product's best image.
+
+    Rows are fetched in growing chunks, so a long ranked list costs about as much as the part actually used.
+    """
+    ids = np.asarray(ids)
+    valid = ids >= 0
+    ids, scores = ids[valid], np.asarray(scores)[valid]
     out: list[tuple[StoredItem, float]] = []
     seen: set[str] = set()
-    for i, score in zip(ids_list, scores[: len(ids_list)], strict=True):
-        item = rows.get(i)
-        if item is None or i in query.exclude_ids or item.product_id in query.exclude_products:
-            continue
-        if query.group:
-            if item.product_id in seen:
+    start, step = 0, max(first_chunk, 2 * limit)
+    while start < len(ids) and len(out) < limit:
+        part = [int(i) for i in ids[start:start + step]]
+        rows = catalog.by_ids(part)
+        for i, score in zip(part, scores[start:start + step], strict=True):
+            item = rows.get(i)
+            if item is None or i in query.exclude_ids or item.product_id in query.exclude_products:
                 continue
-            seen.add(item.product_id)
-        out.append((item, float(score)))
-        if len(out) == limit:
-            break
+            if query.group:
+                if item.product_id in seen:
+                    continue
+                seen.add(item.product_id)
+            out.append((item, float(score)))
+            if len(out) == limit:
+                break
+        start, step = start + step, step * 4
     return out
 
 
@@ -116,7 +126,7 @@ def plan_and_search(catalog: LiveCatalog, vector: np.ndarray, query: Query, *, e
     allowed = found.allowed
     wanted = query.offset + query.k
     if allowed is not None and len(allowed) <= exact_threshold:
-        visual = catalog.vectors_for(allowed) @ np.asarray(vector, dtype=np.float32).reshape(-1)
+        visual = catalog.scores_for(allowed, vector)
         if found.keyword_scores is not None and query.keyword_weight > 0:
             visual = _fused(visual, allowed, found.keyword_scores, query.keyword_weight)
         order = np.lexsort((allowed, -visual))

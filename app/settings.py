@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     device: str = "auto"
-    torch_threads: int | None = Field(default=None, ge=1, description="None: one per core")
+    torch_threads: int = Field(default=1, ge=1, description="threads per model forward in the service; concurrent "
+                               "requests run side by side, so 1 keeps a small CPU from being oversubscribed")
+    max_concurrent_forwards: int | None = Field(default=None, ge=1, description="None: one per core")
 
     # request limits
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
@@ -45,5 +47,7 @@ class Settings(BaseSettings):
     search_api_key: str | None = Field(default=None, description="X-API-Key for search; None leaves search open")
     cors_origins: list[str] = Field(default_factory=list, description='e.g. ["https://shop.example"]')
     upload_dir_name: str = "uploads"
+    micro_batching: str = Field(default="auto", pattern="^(auto|on|off)$",
+                                description="auto: on for a GPU, off on the CPU (where batching measured slower)")
     batch_window_ms: float = Field(default=3.0, ge=0, description="micro-batching window for concurrent queries")
-    max_batch_size: int = Field(default=32, ge=1)
+    max_batch_size: int = Field(default=16, ge=1)

@@ -105,6 +105,14 @@ class LiveCatalog:
             out[~base] = snap.vectors[[position[int(i)] for i in ids[~base]]]
         return out
 
+    def scores_for(self, ids: np.ndarray, vector: np.ndarray, chunk: int = 16384) -> np.ndarray:
+        """Exact inner products of ``vector`` with the stored vectors of ``ids``, gathered in bounded chunks."""
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        out = np.empty(len(ids), dtype=np.float32)
+        for start in range(0, len(ids), chunk):
+            out[start:start + chunk] = self.vectors_for(ids[start:start + chunk]) @ query
+        return out
+
     def vector_of(self, item: StoredItem) -> np.ndarray:
         return self.vectors_for(np.array([item.id], dtype=np.int64))[0]
 

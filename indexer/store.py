@@ -107,25 +107,16 @@ class CatalogStore:
         return self._item(row) if row else None
 
     def by_ids(self, ids: Sequence[int]) -> dict[int, StoredItem]:
-        """Items for vector ids, in chunks that stay under SQLite's parameter limit."""
-        found: dict[int, StoredItem] = {}
-        ids = [int(i) for i in ids]
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
-            marks = ",".join("?" * len(chunk))
-            for row in self._all(f"SELECT * FROM items WHERE id IN ({marks})", chunk):
-                found[row["id"]] = self._item(row)
-        return found
+        """Items for vector ids (one query, the ids passed as a JSON array)."""
+        rows = self._all("SELECT * FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                         (json.dumps([int(i) for i in ids]),))
+        return {row["id"]: self._item(row) for row in rows}
 
     def ids_for_item_ids(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Vector ids of the given item ids; unknown ones are absent from the result."""
-        found: dict[str, int] = {}
-        for start in range(0, len(item_ids), 900):
-            chunk = list(item_ids[start:start + 900])
-            marks = ",".join("?" * len(chunk))
-            for row in self._all(f"SELECT item_id, id FROM items WHERE item_id IN ({marks})", chunk):
-                found[row["item_id"]] = row["id"]
-        return found
+        rows = self._all("SELECT item_id, id FROM items WHERE item_id IN (SELECT value FROM json_each(?))",
+                         (json.dumps(list(item_ids)),))
+        return {row["item_id"]: row["id"] for row in rows}
 
     def keyword_ids(self, text: str, limit: int) -> list[tuple[int, float]]:
         """Ids matching the keywords with their BM25 relevance (higher is better), best first."""

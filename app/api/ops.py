@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import MetricsDep, StateDep
@@ -36,9 +36,7 @@ def metrics(state: StateDep, metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
-def web_page() -> HTMLResponse:
-    page = STATIC / "index.html"
-    if not page.is_file():
-        return HTMLResponse("<h1>Lookalike</h1><p>API docs at <a href='/docs'>/docs</a></p>")
-    return HTMLResponse(page.read_text(encoding="utf-8"))
+@router.get("/", response_class=FileResponse, include_in_schema=False)
+def web_page() -> FileResponse:
+    """A page where a person drops a photo, sees similar products, refines by keyword, clicks for more like this."""
+    return FileResponse(STATIC / "index.html", media_type="text/html")

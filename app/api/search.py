@@ -6,6 +6,7 @@ import time
 from typing import Annotated
 
 import numpy as np
+import torch
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +22,7 @@ from app.schemas import (BatchSearchRequest, BatchSearchResponse, ErrorResponse,
 from app.serving import LoadedGeneration, ServiceState
 from app.settings import Settings
 from indexer import StoredItem
+from indexer.store import fts_query
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
 router = APIRouter(tags=["search"], dependencies=[Depends(require_search_key)])
@@ -55,6 +57,8 @@ def plan_query(options: SearchOptions, settings: Settings, **extra: object) -> P
         if len(candidates) > settings.max_candidates:
             raise ApiError(422, "too_many_candidates",
                            f"{len(candidates)} candidate ids; the limit is {settings.max_candidates}")
+    if options.q is not None and options.q.strip() and not fts_query(options.q):
+        raise ApiError(422, "empty_keywords", f"q={options.q!r} holds no searchable words")
     if options.keyword_weight > 0 and not options.q:
         raise ApiError(422, "keyword_weight_without_q", "keyword_weight blends BM25 with visual scores: give q too")
     return PlanQuery(k=options.k, offset=options.offset, q=options.q or None, candidate_ids=candidates,
@@ -80,8 +84,10 @@ def ranked_response(settings: Settings, gen: LoadedGeneration, vector: np.ndarra
                           model_id=gen.manifest.model_id, timings_ms={k: round(v * 1000, 3) for k, v in timings.items()})
 
 
-async def embed_uploads(state: ServiceState, settings: Settings, images: list[bytes], timings: dict[str, float]) -> np.ndarray:
-    """Decode (bounded) and embed query images; concurrent requests share model forwards when batching is on."""
+async def embed_uploads(request: Request, state: ServiceState, settings: Settings, images: list[bytes],
+                        timings: dict[str, float]) -> np.ndarray:
+    """Decode (bounded) and embed query images; concurrent requests share model forwards when batching is on,
+    and otherwise take turns for the CPU's cores (at most ``max_concurrent_forwards`` forwards at once)."""
     embedder = state.embedder
     assert embedder is not None  # get_generation guarantees it
     start = time.perf_counter()
@@ -92,9 +98,8 @@ async def embed_uploads(state: ServiceState, settings: Settings, images: list[by
     if state.batcher is not None and len(tensors) == 1:
         vectors = (await state.batcher.embed(tensors[0]))[None, :]
     else:
-        import torch
-
-        vectors = await run_in_threadpool(embedder.embed_tensors, torch.stack(tensors))
+        async with request.app.state.forward_slots:
+            vectors = await run_in_threadpool(embedder.embed_tensors, torch.stack(tensors))
     timings["embed"] = time.perf_counter() - start
     return vectors
 
@@ -108,14 +113,16 @@ async def search(request: Request, settings: SettingsDep, state: StateDep, gen: 
     data, options = await read_search_request(request, settings.max_upload_bytes)
     query = plan_query(options, settings)
     timings: dict[str, float] = {}
-    vector = (await embed_uploads(state, settings, [data], timings))[0]
+    vector = (await embed_uploads(request, state, settings, [data], timings))[0]
     response = await run_in_threadpool(ranked_response, settings, gen, vector, query, timings)
     metrics.observe(timings)
     metrics.searches.labels("search", response.plan).inc()
     return response
 
 
-@router.post("/search/batch", response_model=BatchSearchResponse, responses=ERRORS,
+@router.post("/search/batch", response_model=BatchSearchResponse, responses=ERRORS, openapi_extra={
+             "requestBody": {"required": True,
+                             "content": {"application/json": {"schema": BatchSearchRequest.model_json_schema()}}}},
              summary="Several photo searches in one request (one model forward for all)")
 async def search_batch(request: Request, settings: SettingsDep, state: StateDep, gen: GenerationDep,
                        metrics: MetricsDep) -> BatchSearchResponse:
@@ -131,7 +138,7 @@ async def search_batch(request: Request, settings: SettingsDep, state: StateDep,
         except ApiError as exc:
             raise ApiError(exc.status, exc.code, f"queries[{n}]: {exc.message}") from None
     timings: dict[str, float] = {}
-    vectors = await embed_uploads(state, settings, images, timings)
+    vectors = await embed_uploads(request, state, settings, images, timings)
     responses = [await run_in_threadpool(ranked_response, settings, gen, v, q, dict(timings))
                  for v, q in zip(vectors, queries, strict=True)]
     metrics.observe(timings)
