@@ -6,6 +6,9 @@ Recall@K is the share of queries whose product is among the first K products. Co
 EfficientNet-Lite0 with the same network at random init (and optionally a trained checkpoint).
 
     .venv/bin/python bench/demo_quality.py [--demo-dir data/demo] [--checkpoint best.pt] [--limit N]
+
+The gallery vectors of a model are taken from the served generation (data/) when it was built from the same
+catalog by the same model (what `curl /search` answers from); otherwise they are computed here.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer import read_catalog
+from indexer import CatalogStore, current_generation, read_catalog, read_manifest
+from indexer.build import CATALOG_DB, VECTORS
+from indexer.generations import generations_dir
 from indexer.extract import extract_embeddings
 from models import Embedder, ModelConfig, build_model
 
@@ -40,6 +45,24 @@ def product_recall(query_vecs: np.ndarray, query_products: list[str], gallery_ve
     return {k: hits[k] / len(query_products) for k in ks}
 
 
+def served_vectors(data_dir: Path, model_id: str, rows: list) -> np.ndarray | None:
+    """The served generation's vectors for ``rows`` if that generation was built by ``model_id`` (else None)."""
+    name = current_generation(data_dir)
+    if name is None:
+        return None
+    gen_dir = generations_dir(data_dir) / name
+    if read_manifest(gen_dir).model_id != model_id:
+        return None
+    store = CatalogStore(gen_dir / CATALOG_DB)
+    try:
+        ids = store.ids_for_item_ids([r.item_id for r in rows])
+    finally:
+        store.close()
+    if len(ids) != len(rows):
+        return None
+    return np.load(gen_dir / VECTORS, mmap_mode="r")[[ids[r.item_id] for r in rows]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-dir", type=Path, default=Path("data/demo"))
@@ -47,6 +70,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--limit", type=int, default=None, help="first N products only")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path, default=Path("data"),
+                        help="reuse the served generation's vectors when it indexes this catalog with the same model")
     args = parser.parse_args()
 
     rows = read_catalog(args.demo_dir / "catalog.csv")
@@ -66,15 +91,21 @@ def main() -> None:
     if args.checkpoint:
         models[f"checkpoint {args.checkpoint}"] = lambda: build_model(checkpoint=args.checkpoint)
     ks = (1, 5, 10)
-    print(f"{'model':<40} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'img/s':>7}")
+    print(f"{'model':<54} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'img/s':>7}")
     for name, make in models.items():
         embedder = Embedder(make(), device="auto")
         start = time.perf_counter()
-        gallery = extract_embeddings([r.image for r in rows], embedder, workers=args.workers, progress=False)
+        gallery = served_vectors(args.data_dir, embedder.model_id, rows)
+        embedded = len(queries)
+        if gallery is None:
+            gallery = extract_embeddings([r.image for r in rows], embedder, workers=args.workers, progress=False)
+            embedded += len(rows)
+        else:
+            name += " [served index]"
         query = extract_embeddings([q[0] for q in queries], embedder, workers=args.workers, progress=False)
-        rate = (len(rows) + len(queries)) / (time.perf_counter() - start)
+        rate = embedded / (time.perf_counter() - start)
         recall = product_recall(query, [q[1] for q in queries], gallery, [r.product_id for r in rows], ks)
-        print(f"{name:<40} {recall[1]:>6.3f} {recall[5]:>6.3f} {recall[10]:>6.3f} {rate:>7.1f}", flush=True)
+        print(f"{name:<54} {recall[1]:>6.3f} {recall[5]:>6.3f} {recall[10]:>6.3f} {rate:>7.1f}", flush=True)
 
 
 if __name__ == "__main__":
