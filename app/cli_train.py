@@ -1,0 +1,290 @@
+"""`lookalike train` and `lookalike eval`: metric-learning fine-tuning and held-out evaluation.
+
+Both commands load samples the same way and split them by product with the same seeded rule, and
+``train`` writes that split to ``OUT/split.json``; ``eval --checkpoint OUT/best.pt`` reads it back, so the
+products it measures on were never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from models.datasets import (
+    DatasetError,
+    ProductSplit,
+    Sample,
+    drop_small_products,
+    limit_products,
+    products_of,
+    read_folder,
+    read_inshop,
+    read_sop,
+    split_by_product,
+    split_train_val,
+)
+
+train_app = typer.Typer(help="Train and evaluate the embedding model.", no_args_is_help=True, add_completion=False)
+
+SPLIT_FILE = "split.json"
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr with exit code 2."""
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from indexer.catalog import CatalogError
+    from models.backbones import UnknownBackbone, WeightsUnavailable
+    from models.checkpoint import CheckpointError
+    from models.losses import UnknownLoss
+    from models.preprocess import ImageRejected
+    from models.train import TrainError
+
+    return (CliError, DatasetError, CatalogError, CheckpointError, TrainError, UnknownLoss, UnknownBackbone,
+            WeightsUnavailable, ImageRejected, FileNotFoundError, ValidationError)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+    return " ".join(str(exc).split())
+
+
+# -------------------------------------------------------------------------------------------- sources
+
+
+def load_source(catalog: Path | None, folder: Path | None, sop: Path | None,
+                inshop: Path | None) -> tuple[str, list[Sample], list[Sample] | None]:
+    """``(description, train pool, official test set or None)`` from exactly one source option."""
+    given = [(name, value) for name, value in (("--catalog", catalog), ("--folder", folder), ("--sop", sop),
+                                               ("--inshop", inshop)) if value is not None]
+    if len(given) != 1:
+        raise CliError("give exactly one of --catalog, --folder, --sop, --inshop")
+    if catalog is not None:
+        from indexer.catalog import read_catalog
+
+        rows = read_catalog(catalog)
+        return f"catalog {catalog}", [Sample(r.image, r.product_id, r.category) for r in rows], None
+    if folder is not None:
+        return f"folder {folder}", read_folder(folder), None
+    if sop is not None:
+        return f"sop {sop}", read_sop(sop, "train"), read_sop(sop, "test")
+    assert inshop is not None
+    return f"inshop {inshop}", read_inshop(inshop, "train"), read_inshop(inshop, "test")
+
+
+def make_split(pool: list[Sample], official_test: list[Sample] | None, val_fraction: float, test_fraction: float,
+               seed: int, max_products: int | None) -> tuple[ProductSplit, list[Sample]]:
+    """The deterministic product split used by both commands, and all the samples it refers to.
+
+    Products with a single image are dropped first (they can be neither trained on nor queried).
+    Sources with an official test set keep it as the test split; validation products come from the train pool.
+    """
+    pool = drop_small_products(pool)
+    if official_test is None:
+        pool = limit_products(pool, max_products, seed)
+        split = split_by_product(pool, val_fraction, test_fraction, seed)
+        return split, pool
+    test = drop_small_products(official_test)
+    if max_products is not None:
+        n_train = len(products_of(pool))
+        n_test = len(products_of(test))
+        share = max_products / max(n_train + n_test, 1)
+        pool = limit_products(pool, max(3, round(n_train * share)), seed)
+        test = limit_products(test, max(2, round(n_test * share)), seed)
+    return split_train_val(pool, test, val_fraction, seed), pool + test
+
+
+def _split_for(out_or_ckpt_dir: Path | None, samples_pool: list[Sample], official_test: list[Sample] | None,
+               val_fraction: float, test_fraction: float, seed: int,
+               limit: int | None) -> tuple[ProductSplit, list[Sample], str]:
+    if out_or_ckpt_dir is not None and (out_or_ckpt_dir / SPLIT_FILE).is_file():
+        split = ProductSplit.load(out_or_ckpt_dir / SPLIT_FILE)
+        samples = drop_small_products(samples_pool + (official_test or []))
+        known = {s.label for s in samples}
+        missing = [p for p in split.products("all") if p not in known]
+        if missing:
+            raise CliError(f"{out_or_ckpt_dir / SPLIT_FILE} names {len(missing)} product(s) this source lacks, "
+                           f"e.g. {missing[:3]}; is it the same dataset?")
+        return split, samples, str(out_or_ckpt_dir / SPLIT_FILE)
+    split, samples = make_split(samples_pool, official_test, val_fraction, test_fraction, seed, limit)
+    return split, samples, f"seed {seed}"
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="CSV/JSONL catalog (product_id groups images)")]
+FolderOpt = Annotated[Path | None, typer.Option("--folder", help="one sub-folder of images per product")]
+SopOpt = Annotated[Path | None, typer.Option("--sop", help="Stanford Online Products root (Ebay_*.txt)")]
+InshopOpt = Annotated[Path | None, typer.Option("--inshop", help="DeepFashion In-shop root (list_eval_partition.txt)")]
+SeedOpt = Annotated[int, typer.Option(help="seed of the product split and of training")]
+LimitOpt = Annotated[int | None, typer.Option("--limit-products", help="use a seeded subset of N products")]
+ValOpt = Annotated[float, typer.Option("--val-fraction", help="share of products held out for validation")]
+TestOpt = Annotated[float, typer.Option("--test-fraction", help="share of products held out for testing")]
+
+
+@train_app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option("--out", help="output folder: best.pt, last.pt, metrics.jsonl, split.json")],
+    catalog: CatalogOpt = None,
+    folder: FolderOpt = None,
+    sop: SopOpt = None,
+    inshop: InshopOpt = None,
+    loss: Annotated[str, typer.Option(help="multi_similarity, triplet, proxy_anchor, normsoftmax, arcface")] = "multi_similarity",
+    backbone: Annotated[str, typer.Option(help="backbone name (see models.backbones)")] = "efficientnet_lite0",
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
+    frozen_epochs: Annotated[int, typer.Option("--frozen-epochs", help="first epochs with the backbone frozen")] = 1,
+    p: Annotated[int, typer.Option("--p", help="products per batch")] = 16,
+    k: Annotated[int, typer.Option("--k", help="images per product in a batch")] = 4,
+    lr: Annotated[float, typer.Option(help="backbone learning rate (head: 10x)")] = 1e-4,
+    embedding_dim: Annotated[int, typer.Option("--embedding-dim", help="projection size (0: backbone width)")] = 512,
+    image_size: Annotated[int, typer.Option("--image-size", help="input size in pixels")] = 224,
+    limit: LimitOpt = None,
+    val_fraction: ValOpt = 0.15,
+    test_fraction: TestOpt = 0.25,
+    workers: Annotated[int, typer.Option(help="data loading processes")] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    cache_images: Annotated[bool, typer.Option("--cache-images", help="decode all images once into memory")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from OUT/last.pt")] = False,
+    seed: SeedOpt = 0,
+    progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+) -> None:
+    """Fine-tune the embedding model on products (split by product into train/val/test)."""
+    try:
+        from models.train import TrainConfig, TrainError, train
+
+        config = TrainConfig(loss=loss, backbone=backbone, epochs=epochs, frozen_epochs=frozen_epochs, p=p, k=k,
+                             lr=lr, embedding_dim=embedding_dim or None, image_size=image_size, num_workers=workers,
+                             device=device, cache_images=cache_images, seed=seed)
+        from models.losses import check_loss_name
+
+        check_loss_name(config.loss)
+        description, pool, official_test = load_source(catalog, folder, sop, inshop)
+        if resume and not (out / SPLIT_FILE).is_file():
+            raise TrainError(f"cannot resume: {out / SPLIT_FILE} not found")
+        split, samples, origin = _split_for(out if resume else None, pool, official_test, val_fraction,
+                                            test_fraction, seed, limit)
+        train_samples, val_samples, test_samples = split.apply(samples)
+        if not resume:
+            out.mkdir(parents=True, exist_ok=True)
+            split = ProductSplit(split.train, split.val, split.test, split.seed,
+                                 {**split.info, "source": description, "limit_products": limit})
+            split.save(out / SPLIT_FILE)
+        typer.echo(f"{description}: train {len(split.train)} products / {len(train_samples)} images, "
+                   f"val {len(split.val)} / {len(val_samples)}, test {len(split.test)} / {len(test_samples)} "
+                   f"(split: {origin})", err=True)
+        result = train(train_samples, val_samples, config, out, resume=resume, progress=progress)
+    except _errors() as exc:
+        raise _fail(_one_line(exc)) from None
+    best = result.best_metrics
+    summary = f"best epoch {result.best_epoch}: {result.best_path}"
+    if best:
+        summary += f"  val Recall@1 {100 * best['recall@1']:.1f}  MAP@R {100 * best['map@r']:.1f}"
+    if result.start_metrics:
+        start = {k.removeprefix('val_'): v for k, v in result.start_metrics.items()}
+        summary += f"  (start: Recall@1 {100 * start['recall@1']:.1f}  MAP@R {100 * start['map@r']:.1f})"
+    typer.echo(summary)
+    typer.echo(f"next: lookalike eval --checkpoint {result.best_path} {_source_args(catalog, folder, sop, inshop)}")
+
+
+def _source_args(catalog: Path | None, folder: Path | None, sop: Path | None, inshop: Path | None) -> str:
+    for flag, value in (("--catalog", catalog), ("--folder", folder), ("--sop", sop), ("--inshop", inshop)):
+        if value is not None:
+            return f"{flag} {value}"
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------ eval
+
+
+def format_table(rows: list[tuple[str, dict[str, Any]]], ks: tuple[int, ...] = (1, 5, 10, 100)) -> str:
+    """Model rows x metric columns, in percent."""
+    headers = ["model"] + [f"R@{k}" for k in ks] + ["MAP@R"]
+    width = max([len(headers[0])] + [len(name) for name, _ in rows])
+    lines = [f"{headers[0]:<{width}}  " + "  ".join(f"{h:>6}" for h in headers[1:])]
+    for name, m in rows:
+        cells = [m.get(f"recall@{k}") for k in ks] + [m.get("map@r")]
+        lines.append(f"{name:<{width}}  " + "  ".join("     -" if c is None else f"{100 * c:6.1f}" for c in cells))
+    return "\n".join(lines)
+
+
+@train_app.command("eval")
+def eval_command(
+    checkpoint: Annotated[Path | None, typer.Option(help="trained checkpoint; its folder's split.json is used")] = None,
+    catalog: CatalogOpt = None,
+    folder: FolderOpt = None,
+    sop: SopOpt = None,
+    inshop: InshopOpt = None,
+    split_name: Annotated[str, typer.Option("--split", help="test, val, train or all")] = "test",
+    baseline: Annotated[bool, typer.Option(help="also evaluate the pretrained starting model")] = True,
+    backbone: Annotated[str | None, typer.Option(help="starting backbone (default: the checkpoint's)")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="default: the checkpoint's, else 224")] = None,
+    limit: LimitOpt = None,
+    val_fraction: ValOpt = 0.15,
+    test_fraction: TestOpt = 0.25,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    workers: Annotated[int, typer.Option(help="data loading processes")] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    seed: SeedOpt = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+) -> None:
+    """Recall@1/5/10/100 and MAP@R on held-out products: trained checkpoint vs the pretrained start."""
+    try:
+        from models.checkpoint import load_checkpoint, read_checkpoint
+        from models.embedding import EmbeddingNet, ModelConfig
+        from models.train import evaluate
+
+        if checkpoint is None and not baseline:
+            raise CliError("nothing to evaluate: give --checkpoint or keep --baseline")
+        trained = None
+        start_config = ModelConfig(backbone=backbone or "efficientnet_lite0", image_size=image_size or 224)
+        if checkpoint is not None:
+            trained = load_checkpoint(checkpoint)
+            extra = read_checkpoint(checkpoint).get("extra", {})
+            train_cfg = (extra.get("trained") or extra.get("train_state") or {}).get("config", {})
+            # the starting point: the same backbone with its pretrained weights and no (random) projection
+            start_config = ModelConfig(backbone=backbone or trained.config.backbone,
+                                       pretrained=train_cfg.get("pretrained", True),
+                                       weights_path=train_cfg.get("weights_path"),
+                                       image_size=image_size or trained.config.image_size,
+                                       gem_p=train_cfg.get("gem_p", 3.0), seed=train_cfg.get("seed", 0))
+        description, pool, official_test = load_source(catalog, folder, sop, inshop)
+        split, samples, origin = _split_for(checkpoint.parent if checkpoint else None, pool, official_test,
+                                            val_fraction, test_fraction, seed, limit)
+        if split_name in ("train", "all") and checkpoint is not None:
+            typer.echo(f"warning: the {split_name} split contains training products; numbers are not held-out",
+                       err=True)
+        elif split_name == "val" and checkpoint is not None:
+            typer.echo("warning: the val split chose the best epoch; use --split test for an unbiased number",
+                       err=True)
+        chosen = split.select(samples, split_name)
+        if not chosen:
+            raise CliError(f"the {split_name} split is empty")
+        typer.echo(f"{description}: {split_name} split, {len(split.products(split_name))} products, "
+                   f"{len(chosen)} images (split: {origin})", err=True)
+        rows: list[tuple[str, dict[str, Any]]] = []
+        if trained is not None:
+            rows.append((f"trained ({checkpoint})", evaluate(trained, chosen, batch_size, device, workers)))
+        if baseline:
+            start: EmbeddingNet = EmbeddingNet(start_config)
+            name = f"start ({start_config.backbone}{'' if start_config.pretrained else ' random-init'}, " \
+                   f"{start_config.image_size}px)"
+            rows.append((name, evaluate(start, chosen, batch_size, device, workers)))
+    except _errors() as exc:
+        raise _fail(_one_line(exc)) from None
+    if as_json:
+        typer.echo(json.dumps({name: metrics for name, metrics in rows}, indent=1))
+    else:
+        typer.echo(format_table(rows))
+    sys.stdout.flush()

@@ -1,0 +1,448 @@
+"""Metric-learning fine-tuning of the embedding network, with checkpoints, resume and honest evaluation.
+
+``train`` takes product-disjoint train/validation samples (see :mod:`models.datasets`), builds an
+:class:`~models.embedding.EmbeddingNet` (pretrained backbone, GeM, a Linear projection head), and trains it
+with a pytorch-metric-learning loss (:mod:`models.losses`) on P x K batches (P products, K images each).
+The backbone is frozen for the first ``frozen_epochs`` epochs so the new head settles before the
+pretrained weights move.
+
+Every epoch writes into ``out_dir``:
+
+* ``last.pt``: a models.checkpoint file whose ``extra["train_state"]`` holds optimizer, scheduler, loss and
+  epoch state for ``resume=True``;
+* ``best.pt``: the epoch with the best validation MAP@R, a plain checkpoint (``load_checkpoint`` / the
+  Embedder / the indexer use it unchanged);
+* ``metrics.jsonl``: one JSON line per epoch (epoch 0 = the untrained start), and ``training.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pytorch_metric_learning.samplers import MPerClassSampler
+from torch import nn
+from torchvision.transforms import v2 as T
+from tqdm.auto import tqdm
+
+from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from models.datasets import DatasetError, ImageDataset, Sample, image_counts, products_of, validate_samples
+from models.embedder import pick_device
+from models.embedding import EmbeddingNet, ModelConfig
+from models.losses import DEFAULT_LOSS, LossBundle, build_loss, check_loss_name
+from models.metrics import DEFAULT_KS, format_metrics, retrieval_metrics
+from models.preprocess import build_transform
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "training.png"
+BEST_FILE = "best.pt"
+LAST_FILE = "last.pt"
+
+
+class TrainError(ValueError):
+    """Training cannot start (or resume) with the given data, settings or checkpoint."""
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run (saved into its checkpoints)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    loss: str = DEFAULT_LOSS
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights_path: str | None = None
+    embedding_dim: int | None = Field(default=512, ge=8, description="Linear projection size; None: no head")
+    gem_p: float = Field(default=3.0, gt=0)
+    image_size: int = Field(default=224, ge=32, le=1024)
+    epochs: int = Field(default=10, ge=1)
+    frozen_epochs: int = Field(default=1, ge=0, description="first epochs train only the head (and loss params)")
+    p: int = Field(default=16, ge=2, description="products per batch")
+    k: int = Field(default=4, ge=2, description="images per product in a batch")
+    steps_per_epoch: int | None = Field(default=None, ge=1, description="default: training images // (p*k)")
+    lr: float = Field(default=1e-4, gt=0, description="backbone learning rate")
+    head_lr_factor: float = Field(default=10.0, gt=0, description="head (and GeM) lr = lr * this")
+    weight_decay: float = Field(default=1e-4, ge=0)
+    min_lr_factor: float = Field(default=0.01, ge=0, le=1, description="cosine schedule floor, relative")
+    grad_clip: float | None = Field(default=10.0, gt=0)
+    freeze_bn: bool = Field(default=True, description="keep backbone BatchNorm statistics fixed")
+    augment: bool = True
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    color_jitter: float = Field(default=0.2, ge=0)
+    device: str = "auto"
+    num_workers: int = Field(default=2, ge=0)
+    cache_images: bool = False
+    eval_batch_size: int = Field(default=64, ge=1)
+    eval_start: bool = Field(default=True, description="evaluate the untrained start as epoch 0")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.frozen_epochs > self.epochs:
+            raise ValueError(f"frozen_epochs ({self.frozen_epochs}) exceeds epochs ({self.epochs})")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        return self
+
+    @property
+    def batch_size(self) -> int:
+        return self.p * self.k
+
+    def to_model_config(self) -> ModelConfig:
+        return ModelConfig(backbone=self.backbone, pretrained=self.pretrained, weights_path=self.weights_path,
+                           embedding_dim=self.embedding_dim, gem_p=self.gem_p, image_size=self.image_size,
+                           seed=self.seed)
+
+
+# Settings that must match for a resumed run to continue the same optimisation.
+_RESUME_KEYS = ("loss", "backbone", "embedding_dim", "gem_p", "image_size", "p", "k", "lr", "head_lr_factor",
+                "weight_decay")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_path: Path
+    last_path: Path
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_metrics: dict[str, Any] | None = None
+    epochs_run: int = 0
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_transform(config: TrainConfig, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+    """Augmentations: RandomResizedCrop, horizontal flip, ColorJitter; then the same normalisation as eval."""
+    if not config.augment:
+        return build_transform(config.image_size, tuple(mean), tuple(std))
+    steps: list[nn.Module] = [
+        T.PILToTensor(),
+        T.RandomResizedCrop(config.image_size, scale=config.crop_scale, antialias=True),
+        T.RandomHorizontalFlip(),
+    ]
+    if config.color_jitter > 0:
+        j = config.color_jitter
+        steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std))]
+    return T.Compose(steps)
+
+
+def make_train_loader(dataset: ImageDataset, p: int, k: int, steps: int, seed: int, num_workers: int = 0,
+                      pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of ``p`` products x ``k`` images (MPerClassSampler, m=k, batch_size=p*k), ``steps`` per pass.
+
+    Reseeds numpy (which the sampler draws from) so a given ``seed`` always yields the same batches.
+    """
+    np.random.seed(seed % 2**32)
+    sampler = MPerClassSampler(dataset.targets, m=k, batch_size=p * k, length_before_new_iter=steps * p * k)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=p * k, sampler=sampler, drop_last=True, num_workers=num_workers,
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def check_training_data(train_samples: Sequence[Sample], val_samples: Sequence[Sample] | None,
+                        config: TrainConfig) -> None:
+    """The errors worth reporting before any model is built."""
+    check_loss_name(config.loss)
+    validate_samples(train_samples, min_images=2, check_files=True, what="training set")
+    counts = image_counts(train_samples)
+    smallest_label, smallest = min(counts.items(), key=lambda item: (item[1], item[0]))
+    if config.k > smallest:
+        raise TrainError(f"K={config.k} images per product is more than the smallest training product has "
+                         f"({smallest_label!r}: {smallest} images); lower k or drop small products")
+    if config.p > len(counts):
+        raise TrainError(f"P={config.p} products per batch but the training set has only {len(counts)} products")
+    if val_samples:
+        validate_samples(val_samples, min_images=2, check_files=True, what="validation set")
+        leaked = set(counts) & {s.label for s in val_samples}
+        if leaked:
+            raise TrainError(f"{len(leaked)} product(s) are in both training and validation sets, "
+                             f"e.g. {sorted(leaked)[:3]}; split by product")
+
+
+def _set_trainable(model: EmbeddingNet, frozen_trunk: bool, freeze_bn: bool) -> None:
+    model.train()
+    for param in model.trunk.parameters():
+        param.requires_grad_(not frozen_trunk)
+    if frozen_trunk:
+        model.trunk.eval()
+    elif freeze_bn:
+        for module in model.trunk.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def _cosine(total_steps: int, floor: float):
+    def factor(step: int) -> float:
+        progress = min(step, total_steps) / max(total_steps, 1)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _make_optimizer(model: EmbeddingNet, bundle: LossBundle, config: TrainConfig) -> torch.optim.AdamW:
+    groups = [
+        {"name": "trunk", "params": list(model.trunk.parameters()), "lr": config.lr},
+        {"name": "head", "params": list(model.head.parameters()) + list(model.pool.parameters()),
+         "lr": config.lr * config.head_lr_factor},
+    ]
+    if bundle.parameters():
+        groups.append({"name": "loss", "params": bundle.parameters(), "lr": config.lr * bundle.lr_factor,
+                       "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@torch.inference_mode()
+def embed_samples(model: EmbeddingNet, samples: Sequence[Sample], batch_size: int = 64,
+                  device: torch.device | str | None = None, num_workers: int = 0, progress: bool = False) -> np.ndarray:
+    """(N, D) float32 embeddings with the evaluation preprocessing (same as the Embedder / indexer)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval().to(device)
+    size = model.config.image_size
+    dataset = ImageDataset(samples, build_transform(size, model.mean, model.std), draft_size=size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
+    cuda = device.type == "cuda"
+    parts = []
+    for images, _ in tqdm(loader, desc="embed", leave=False, disable=not progress):
+        images = images.to(device, non_blocking=True)
+        if cuda:
+            images = images.to(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
+            parts.append(model(images).float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(parts) if parts else np.zeros((0, model.dim), dtype=np.float32)
+
+
+def evaluate(model_or_checkpoint: EmbeddingNet | str | Path, samples: Sequence[Sample], batch_size: int = 64,
+             device: str = "auto", num_workers: int = 0, ks: Sequence[int] = DEFAULT_KS,
+             progress: bool = False) -> dict[str, Any]:
+    """Recall@K / MAP@R of a model (or checkpoint file) on ``samples``: each image queries all the others.
+
+    Use held-out products only (e.g. the ``test`` part of a :class:`~models.datasets.ProductSplit`).
+    """
+    if not samples:
+        raise DatasetError("evaluation set is empty")
+    model = (load_checkpoint(model_or_checkpoint) if isinstance(model_or_checkpoint, str | Path)
+             else model_or_checkpoint)
+    embeddings = embed_samples(model, samples, batch_size, pick_device(device), num_workers, progress)
+    return retrieval_metrics(embeddings, np.array([s.label for s in samples]), ks)
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    tmp = out_dir / (METRICS_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history), encoding="utf-8")
+    tmp.replace(out_dir / METRICS_FILE)
+
+
+def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Training loss and validation Recall@1 / MAP@R per epoch, as a PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+    trained = [row for row in history if row.get("loss") is not None]
+    ax_loss.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], marker="o")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title("loss")
+    ax_loss.grid(alpha=0.3)
+    evaluated = [row for row in history if row.get("val_recall@1") is not None]
+    if evaluated:
+        epochs = [r["epoch"] for r in evaluated]
+        ax_val.plot(epochs, [r["val_recall@1"] for r in evaluated], marker="o", label="Recall@1")
+        ax_val.plot(epochs, [r["val_map@r"] for r in evaluated], marker="s", label="MAP@R")
+        ax_val.legend()
+    ax_val.set_xlabel("epoch (0 = start)")
+    ax_val.set_title("validation (held-out products)")
+    ax_val.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample] | None, config: TrainConfig | dict | None,
+          out_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train, validate each epoch, checkpoint; see the module docstring for what lands in ``out_dir``."""
+    config = TrainConfig.model_validate(config or {}) if not isinstance(config, TrainConfig) else config
+    out_dir = Path(out_dir)
+    val_samples = list(val_samples or [])
+    check_training_data(train_samples, val_samples, config)
+    classes = products_of(train_samples)
+    last_path, best_path = out_dir / LAST_FILE, out_dir / BEST_FILE
+
+    state: dict[str, Any] | None = None
+    if resume:
+        model, state = _resume_state(last_path, config, classes)
+    else:
+        seed_everything(config.seed)
+        model = EmbeddingNet(config.to_model_config())
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    device = pick_device(config.device)
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + 1)
+        bundle = build_loss(config.loss, len(classes), model.dim)
+    model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    bundle.to(device)
+    optimizer = _make_optimizer(model, bundle, config)
+    steps = config.steps_per_epoch or max(1, len(train_samples) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.epochs * steps, config.min_lr_factor))
+
+    start_epoch, best_epoch, best_score, best_metrics = 0, 0, (-1.0, -1.0), {}
+    history: list[dict[str, Any]] = []
+    start_metrics = None
+    if state is not None:
+        bundle.load_state_dict(state["loss_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_epoch = int(state["epoch"]), int(state["best_epoch"])
+        best_score, best_metrics = tuple(state["best_score"]), dict(state["best_metrics"])
+        history = [row for row in read_metrics(out_dir) if row["epoch"] <= start_epoch]
+        start_metrics = next((row for row in history if row["epoch"] == 0), None)
+
+    mean, std = model.mean, model.std
+    train_ds = ImageDataset(train_samples, train_transform(config, mean, std), classes=classes,
+                            draft_size=config.image_size * 2, cache=config.cache_images,
+                            cache_size=int(config.image_size * 1.15) if config.cache_images else None)
+
+    def validate() -> dict[str, Any]:
+        if not val_samples:
+            return {}
+        metrics = evaluate(model, val_samples, config.eval_batch_size, str(device), config.num_workers)
+        return {f"val_{name}": value for name, value in metrics.items()}
+
+    if state is None:
+        history = []
+        if config.eval_start and val_samples:
+            started = time.perf_counter()
+            start_metrics = {"epoch": 0, "loss": None, "lr": None, "frozen": None, **validate(),
+                             "seconds": round(time.perf_counter() - started, 2)}
+            history.append(start_metrics)
+            if progress:
+                tqdm.write(f"epoch 0 (start): {format_metrics(_unprefix(start_metrics))}")
+        _write_metrics(out_dir, history)
+
+    config_json = config.model_dump(mode="json")
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        started = time.perf_counter()
+        frozen = epoch <= config.frozen_epochs
+        _set_trainable(model, frozen, config.freeze_bn)
+        epoch_seed = config.seed * 100_003 + epoch
+        torch.manual_seed(epoch_seed)
+        loader = make_train_loader(train_ds, config.p, config.k, steps, epoch_seed, config.num_workers, cuda)
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}{' (frozen)' if frozen else ''}",
+                   disable=not progress, leave=False)
+        for images, labels in bar:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if cuda:
+                images = images.to(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
+                embeddings = model(images)
+            loss = bundle(embeddings.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainError(f"training loss became {value} at epoch {epoch}; lower the learning rate")
+            total, count = total + value, count + 1
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        train_seconds = time.perf_counter() - started
+        row: dict[str, Any] = {"epoch": epoch, "loss": total / max(count, 1),
+                               "lr": optimizer.param_groups[0]["lr"], "head_lr": optimizer.param_groups[1]["lr"],
+                               "frozen": frozen, **validate(), "train_seconds": round(train_seconds, 2),
+                               "seconds": round(time.perf_counter() - started, 2)}
+        history.append(row)
+        score = (row.get("val_map@r", 0.0), row.get("val_recall@1", 0.0)) if val_samples else (float(epoch), 0.0)
+        if score > best_score:
+            best_score, best_epoch, best_metrics = score, epoch, _unprefix(row)
+            save_checkpoint(best_path, model, {"trained": {"epoch": epoch, "metrics": best_metrics,
+                                                           "config": config_json, "classes": len(classes)}})
+        save_checkpoint(last_path, model, {"train_state": {
+            "epoch": epoch, "config": config_json, "classes": classes,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "loss_state": bundle.state_dict(), "best_epoch": best_epoch, "best_score": list(best_score),
+            "best_metrics": best_metrics,
+        }})
+        _write_metrics(out_dir, history)
+        plot_history(history, out_dir / PLOT_FILE, f"{config.backbone} / {config.loss}")
+        if progress:
+            tqdm.write(f"epoch {epoch}: loss {row['loss']:.4f}  {format_metrics(_unprefix(row)) if val_samples else ''}"
+                       f"  ({row['seconds']:.0f}s)")
+
+    if not history or not (out_dir / PLOT_FILE).exists():
+        plot_history(history, out_dir / PLOT_FILE, f"{config.backbone} / {config.loss}")
+    return TrainResult(out_dir, best_path, last_path, best_epoch, best_metrics, history, start_metrics,
+                       epochs_run=config.epochs - start_epoch)
+
+
+def _unprefix(row: dict[str, Any]) -> dict[str, Any]:
+    return {key.removeprefix("val_"): value for key, value in row.items() if key.startswith("val_")}
+
+
+def _resume_state(last_path: Path, config: TrainConfig, classes: list[str]) -> tuple[EmbeddingNet, dict[str, Any]]:
+    if not last_path.is_file():
+        raise TrainError(f"cannot resume: {last_path} not found")
+    try:
+        model = load_checkpoint(last_path, expect_backbone=config.backbone)
+        blob = read_checkpoint(last_path)
+    except CheckpointError as exc:
+        raise TrainError(f"cannot resume from {last_path}: {exc}") from exc
+    state = blob.get("extra", {}).get("train_state")
+    if not isinstance(state, dict):
+        raise TrainError(f"cannot resume from {last_path}: it holds no training state")
+    saved = state["config"]
+    changed = [f"{key} ({saved.get(key)!r} -> {getattr(config, key)!r})" for key in _RESUME_KEYS
+               if saved.get(key) != getattr(config, key)]
+    if changed:
+        raise TrainError(f"cannot resume from {last_path}: settings differ: {', '.join(changed)}")
+    if list(state["classes"]) != classes:
+        raise TrainError(f"cannot resume from {last_path}: the training products differ from the saved run")
+    return model, state
