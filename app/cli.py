@@ -10,13 +10,19 @@ from typing import Annotated
 
 import typer
 
+from app.cli_train import train_app
 from app.settings import Settings
 from indexer import CatalogError, GenerationError, build_generation, current_generation, list_generations, publish, read_catalog
 from indexer.extract import content_hash
+from indexer.incremental import apply_incremental
+from indexer.index_choice import IndexBudgetError
+from indexer.ray_extract import RayUnavailable
+from indexer.shards import DEFAULT_SHARD_SIZE
 from indexer.generations import generations_dir, read_manifest
 from models import CheckpointError, Embedder, ModelConfig, build_model
 
 cli = typer.Typer(help="Lookalike: visual search for product catalogs.", no_args_is_help=True, add_completion=False)
+cli.add_typer(train_app)  # `lookalike train` and `lookalike eval`
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -33,16 +39,35 @@ def make_embedder(settings: Settings, checkpoint: str | None) -> Embedder:
     return Embedder(model, device=settings.device)
 
 
-def run_index(settings: Settings, catalog: Path, checkpoint: str | None, progress: bool = True) -> None:
+def run_index(settings: Settings, catalog: Path, checkpoint: str | None, progress: bool = True, *,
+              engine: str = "local", memory_budget_gb: float | None = None, flat_threshold: int | None = None,
+              shard_size: int = DEFAULT_SHARD_SIZE, decoder: str = "auto") -> None:
     embedder = make_embedder(settings, checkpoint)
     try:
         manifest = build_generation(catalog, settings.data_dir, embedder, checkpoint=checkpoint,
-                                    flat_threshold=settings.flat_threshold, batch_size=settings.batch_size,
-                                    workers=settings.workers, keep=settings.keep_generations, progress=progress)
+                                    flat_threshold=flat_threshold or settings.flat_threshold,
+                                    batch_size=settings.batch_size, workers=settings.workers,
+                                    keep=settings.keep_generations, progress=progress, engine=engine,
+                                    memory_budget_bytes=int(memory_budget_gb * 2**30) if memory_budget_gb else None,
+                                    shard_size=shard_size, decoder=decoder)
     except CatalogError as exc:
         raise fail(f"{exc} (nothing was published; the served index is unchanged)") from None
+    except (IndexBudgetError, RayUnavailable, ValueError) as exc:
+        raise fail(f"{exc} (nothing was published; the served index is unchanged)") from None
     typer.echo(f"published {manifest.generation}: {manifest.count} images ({manifest.unique_images} distinct), "
-               f"{manifest.index_factory} index, model {manifest.model_id}, {manifest.seconds}")
+               f"{manifest.index_factory} index (nprobe {manifest.nprobe}, recall@10 {manifest.recall_at_10}), "
+               f"model {manifest.model_id}, {manifest.seconds}")
+
+
+def run_incremental(settings: Settings, catalog: Path, checkpoint: str | None, progress: bool) -> None:
+    embedder = make_embedder(settings, checkpoint)
+    try:
+        result = apply_incremental(catalog, settings.data_dir, embedder, batch_size=settings.batch_size,
+                                   workers=settings.workers, progress=progress)
+    except (CatalogError, GenerationError) as exc:
+        raise fail(f"{exc} (nothing was changed)") from None
+    typer.echo(f"{result.generation}: {result.added} added, {result.updated} updated, {result.deleted} deleted, "
+               f"{result.unchanged} unchanged")
 
 
 @cli.command()
@@ -64,10 +89,22 @@ def index(
     catalog: Annotated[Path, typer.Argument(help="CSV, TSV or JSONL catalog file")],
     checkpoint: Annotated[str | None, typer.Option(help="trained checkpoint (default: pretrained EfficientNet-Lite0)")] = None,
     progress: bool = True,
+    engine: Annotated[str, typer.Option(help="extraction engine: local (DataLoader) or ray (Ray Data)")] = "local",
+    memory_budget_gb: Annotated[float | None, typer.Option(help="RAM for the index; a tight one picks OPQ+IVF-PQ")] = None,
+    flat_threshold: Annotated[int | None, typer.Option(help="exact index up to this many vectors (default: settings)")] = None,
+    shard_size: Annotated[int, typer.Option(help="images per resumable extraction shard")] = DEFAULT_SHARD_SIZE,
+    decoder: Annotated[str, typer.Option(help="auto (GPU JPEG decode on CUDA), pil or tensor")] = "auto",
+    incremental: Annotated[bool, typer.Option("--incremental/--full", help="--full (default): build a new generation "
+                                              "and swap to it; --incremental: apply the catalog's adds, changes and "
+                                              "deletes to the served generation's delta, at once")] = False,
 ) -> None:
-    """Build a new generation from the catalog and publish it atomically."""
+    """Build a new generation from the catalog and publish it atomically; a killed run resumes its extraction."""
     settings = Settings()
-    run_index(settings, catalog, checkpoint or settings.checkpoint, progress)
+    if incremental:
+        run_incremental(settings, catalog, checkpoint or settings.checkpoint, progress)
+        return
+    run_index(settings, catalog, checkpoint or settings.checkpoint, progress, engine=engine,
+              memory_budget_gb=memory_budget_gb, flat_threshold=flat_threshold, shard_size=shard_size, decoder=decoder)
 
 
 @cli.command()

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     overfetch: int = Field(default=4, ge=1, description="images fetched per wanted product when grouping")
 
     # indexing
-    flat_threshold: int = Field(default=200_000, ge=1)
+    flat_threshold: int = Field(default=1_000_000, ge=1, description="exact Flat index up to this many vectors")
     batch_size: int = Field(default=64, ge=1)
     workers: int = Field(default=2, ge=0)
     keep_generations: int = Field(default=3, ge=1)

@@ -40,6 +40,13 @@ class Manifest(BaseModel):
     catalog: str
     catalog_sha256: str = ""
     seconds: dict[str, float] = {}
+    # Measured by the index build (absent from older manifests): recall@10 against exact search on held-out
+    # queries at ``nprobe``, the index's estimated resident memory, how it was chosen and where it was built.
+    recall_at_10: float | None = None
+    index_memory_bytes: int | None = None
+    index_build_seconds: float | None = None
+    index_kind: str | None = None
+    index_device: str = "cpu"
 
 
 def generations_dir(data_dir: Path) -> Path:

@@ -1,17 +1,32 @@
 """The FAISS index wrapper: one place that checks inputs, picks the index type and passes per-call parameters.
 
 Ids are dense (0..N-1, the row order of the generation), so FAISS's sequential ids are the vector ids.
-Per-query settings (nprobe, an id selector) go through ``SearchParameters`` and never mutate the shared index.
+Per-query settings (nprobe, an id selector) go through ``SearchParameters`` and never mutate the shared index;
+they are nested to reach the IVF layer through OPQ/PCA transforms and refine wrappers.
+
+GPU: ``to_gpu_if_available`` moves an index to the GPU when FAISS was built with GPU support and sees a GPU.
+FAISS GPU indexes ignore IDSelectors (and cannot remove ids), so such a VectorIndex reports
+``supports_selector = False`` and a restricted search over-fetches without the selector and filters; past the
+GPU's largest k it falls back to the CPU copy of the index with the selector, so a filter is never dropped and
+results are never silently fewer than asked.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+GPU_MAX_K = 2048  # the largest k FAISS GPU indexes answer
+REFINE_K_FACTOR = 4  # a refine wrapper re-ranks this many times k candidates of its base index (saved with it)
+OPQ_ITERATIONS = 10  # FAISS's default 50 retrains PQ 50 times (minutes on 2 cores); gains flatten after ~10
+MISSING_SCORE = np.float32(np.finfo(np.float32).min)  # what FAISS reports for a missing inner-product result
 
 
 @dataclass(frozen=True)
@@ -23,43 +38,129 @@ class IndexSpec:
 
     @property
     def is_ivf(self) -> bool:
-        return self.factory.startswith("IVF")
+        """Whether the factory has an IVF layer anywhere (``IVF..``, ``OPQ..,IVF..``, ``PCA..,IVF..,Refine(..)``)."""
+        return any(part.strip().startswith("IVF") for part in self.factory.split(","))
 
 
 def choose_index_spec(count: int, flat_threshold: int = 200_000) -> IndexSpec:
-    """Exact search while it is cheap; an IVF index with about 4*sqrt(N) lists beyond."""
+    """Exact search while it is cheap; an IVF index with about 4*sqrt(N) lists beyond.
+
+    The memory-aware choice with recall tuning is ``indexer.index_choice.choose_index``.
+    """
     if count <= flat_threshold:
         return IndexSpec("Flat")
     nlist = int(min(65536, 2 ** round(math.log2(4 * math.sqrt(count)))))
     return IndexSpec(f"IVF{nlist},Flat", nprobe=max(8, nlist // 32))
 
 
+def gpu_available() -> bool:
+    """A FAISS build with GPU support (faiss-gpu) that sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and hasattr(faiss, "index_cpu_to_gpu") and faiss.get_num_gpus() > 0
+
+
+def to_gpu_if_available(index: faiss.Index, device: int = 0) -> tuple[faiss.Index, bool]:
+    """(index on the GPU, True) when a GPU can take it; (the same CPU index, False) otherwise.
+
+    Index types the GPU does not support (some refine or transform wrappers) stay on the CPU, logged.
+    """
+    if not gpu_available():
+        return index, False
+    try:
+        resources = faiss.StandardGpuResources()
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = False
+        gpu_index = faiss.index_cpu_to_gpu(resources, device, index, options)
+        gpu_index.referenced_objects = [resources]  # keep the resources alive as long as the index
+        return gpu_index, True
+    except (RuntimeError, AttributeError) as exc:
+        log.warning("index stays on the CPU: FAISS cannot move it to the GPU (%s)", exc)
+        return index, False
+
+
+def ivf_layer(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF index inside ``index`` (through transforms and refine wrappers), or None."""
+    try:
+        return faiss.extract_index_ivf(index)
+    except (RuntimeError, TypeError):
+        return None
+
+
+def search_parameters(index: faiss.Index, nprobe: int | None, selector: faiss.IDSelector | None,
+                      keep: list[object]) -> faiss.SearchParameters:
+    """Per-call parameters shaped like ``index``: nprobe reaches the IVF layer inside OPQ/PCA and refine wrappers.
+
+    ``keep`` collects every SWIG object made here; the caller holds it until the search returns.
+    """
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        base = search_parameters(index.base_index, nprobe, selector, keep)
+        params = faiss.IndexRefineSearchParameters(k_factor=float(index.k_factor), base_index_params=base, sel=selector)
+    elif isinstance(index, faiss.IndexPreTransform):
+        inner = search_parameters(index.index, nprobe, selector, keep)
+        params = faiss.SearchParametersPreTransform(index_params=inner, sel=selector)
+    elif isinstance(index, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(nprobe=int(nprobe or index.nprobe), sel=selector)
+    else:
+        params = faiss.SearchParameters(sel=selector)
+    keep.append(params)
+    return params
+
+
 class VectorIndex:
     """Inner-product search over unit vectors (cosine similarity)."""
 
-    def __init__(self, index: faiss.Index, spec: IndexSpec) -> None:
+    def __init__(self, index: faiss.Index, spec: IndexSpec, *, supports_selector: bool | None = None,
+                 on_gpu: bool = False, cpu_index: faiss.Index | None = None) -> None:
         self.index = index
         self.spec = spec
         self.dim = index.d
+        self.on_gpu = on_gpu
+        # GPU indexes ignore IDSelectors: restricted searches must over-fetch and filter there.
+        self.supports_selector = (not on_gpu) if supports_selector is None else supports_selector
+        self.max_fetch = GPU_MAX_K if on_gpu else None
+        self.cpu_index = cpu_index  # a CPU copy that does honour selectors (kept when moved to a GPU)
 
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
     @classmethod
-    def build(cls, vectors: np.ndarray, spec: IndexSpec, train_sample: int = 256 * 1024, seed: int = 0) -> VectorIndex:
-        """Train (on a random sample for IVF) and add all vectors in id order."""
-        vectors = _as_matrix(vectors)
+    def build(cls, vectors: np.ndarray, spec: IndexSpec, train_sample: int = 256 * 1024, seed: int = 0,
+              add_chunk: int = 262_144) -> VectorIndex:
+        """Train (on a random sample) and add all vectors in id order; on a GPU machine IVF k-means runs there."""
+        vectors = _as_matrix(vectors) if not isinstance(vectors, np.memmap) else vectors
+        if vectors.ndim != 2:
+            raise ValueError("vectors must be a 2-D array")
         index = faiss.index_factory(vectors.shape[1], spec.factory, faiss.METRIC_INNER_PRODUCT)
+        _configure(index)
         if not index.is_trained:
             rng = np.random.default_rng(seed)
-            sample = vectors if len(vectors) <= train_sample else vectors[rng.choice(len(vectors), train_sample, replace=False)]
+            if len(vectors) <= train_sample:
+                sample = _as_matrix(vectors)
+            else:
+                sample = _as_matrix(vectors[np.sort(rng.choice(len(vectors), train_sample, replace=False))])
+            ivf = ivf_layer(index)
+            if ivf is not None and gpu_available():
+                clustering, moved = to_gpu_if_available(faiss.IndexFlatIP(ivf.d))
+                if moved:
+                    ivf.clustering_index = clustering
             index.train(sample)
-        index.add(vectors)
+        for start in range(0, len(vectors), add_chunk):
+            index.add(_as_matrix(vectors[start:start + add_chunk]))
         return cls(index, spec)
 
+    def to_gpu_if_available(self) -> VectorIndex:
+        """This index on a GPU when one can take it (keeping the CPU copy for filtered searches), else itself."""
+        if self.on_gpu:
+            return self
+        gpu_index, moved = to_gpu_if_available(self.index)
+        if not moved:
+            return self
+        return VectorIndex(gpu_index, self.spec, on_gpu=True, cpu_index=self.index)
+
     def save(self, path: Path) -> None:
-        faiss.write_index(self.index, str(path))
+        index = faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
+        faiss.write_index(index, str(path))
 
     @classmethod
     def load(cls, path: Path, spec: IndexSpec, mmap: bool = False) -> VectorIndex:
@@ -75,15 +176,72 @@ class VectorIndex:
         if k < 1:
             raise ValueError("k must be at least 1")
         k = min(k, max(self.ntotal, 1))
+        nprobe = nprobe or self.spec.nprobe
+        if allowed_ids is None:
+            return self._search(self.index, queries, k, nprobe, None)
+        allowed = np.unique(np.asarray(allowed_ids, dtype=np.int64))
+        if self.supports_selector:
+            return self._search(self.index, queries, k, nprobe, allowed)
+        return self._search_filtered(queries, k, nprobe, allowed)
+
+    @staticmethod
+    def _search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None,
+                allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        keep: list[object] = []
         selector = None
-        if allowed_ids is not None:
-            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-        if self.spec.is_ivf:
-            params = faiss.SearchParametersIVF(nprobe=nprobe or self.spec.nprobe, sel=selector)
-        else:
-            params = faiss.SearchParameters(sel=selector)
-        scores, ids = self.index.search(queries, k, params=params)
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(allowed)
+            keep.append(selector)
+        params = search_parameters(index, nprobe, selector, keep)
+        # faiss.contrib.torch_utils (imported by pytorch-metric-learning) swaps Index.search for a torch-aware
+        # version without ``params`` and keeps FAISS's own as ``search_numpy``: call FAISS's own.
+        search = getattr(index, "search_numpy", index.search)
+        scores, ids = search(queries, k, params=params)
         return scores, ids
+
+    def _search_filtered(self, queries: np.ndarray, k: int, nprobe: int | None,
+                         allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Without a selector: fetch more until every query has k allowed hits or the index has no more."""
+        out_scores = np.full((len(queries), k), MISSING_SCORE, dtype=np.float32)
+        out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        todo = np.arange(len(queries))
+        limit = self.ntotal
+        fetch = min(limit, k * 4)
+        while len(todo):
+            if self.max_fetch is not None and fetch > self.max_fetch:
+                if self.cpu_index is None:
+                    raise RuntimeError(f"a filtered search needs more than {self.max_fetch} results per query and "
+                                       "this index keeps no CPU copy to apply the filter")
+                scores, ids = self._search(self.cpu_index, queries[todo], k, nprobe, allowed)
+                out_scores[todo], out_ids[todo] = scores, ids
+                break
+            scores, ids = self._search(self.index, queries[todo], fetch, nprobe, None)
+            ok = np.isin(ids, allowed) & (ids >= 0)
+            found = ok.sum(axis=1)
+            # Done: k allowed hits, or the index returned fewer than asked (nothing more to find), or all asked.
+            finished = (found >= k) | ((ids >= 0).sum(axis=1) < fetch) | (fetch >= limit)
+            for row in np.flatnonzero(finished):
+                keep_cols = np.flatnonzero(ok[row])[:k]
+                q = todo[row]
+                out_scores[q, :len(keep_cols)] = scores[row, keep_cols]
+                out_ids[q, :len(keep_cols)] = ids[row, keep_cols]
+            todo = todo[~finished]
+            fetch = min(limit, fetch * 4)
+        return out_scores, out_ids
+
+
+def _configure(index: faiss.Index) -> None:
+    """Build-time settings the factory string cannot carry: refine depth and OPQ training effort."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        index.k_factor = float(REFINE_K_FACTOR)
+        _configure(index.base_index)
+    elif isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            transform = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(transform, faiss.OPQMatrix):
+                transform.niter = OPQ_ITERATIONS
+        _configure(index.index)
 
 
 def _as_matrix(vectors: np.ndarray) -> np.ndarray:

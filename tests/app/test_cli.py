@@ -46,3 +46,17 @@ def test_index_with_a_bad_checkpoint_fails_cleanly(tmp_path, monkeypatch):
     result = runner.invoke(cli, ["index", str(catalog), "--checkpoint", str(tmp_path / "bad.pt")])
     assert result.exit_code == 2 and "not a readable checkpoint" in result.output
     assert current_generation(tmp_path / "data") is None
+
+
+def test_index_incremental_applies_changes_to_the_served_generation(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LOOKALIKE_DEVICE", "cpu")
+    monkeypatch.setenv("LOOKALIKE_WORKERS", "0")
+    catalog = write_catalog(tmp_path / "cat", products=3, images=1)
+    assert runner.invoke(cli, ["index", str(catalog), "--no-progress"]).exit_code == 0
+    lines = catalog.read_text().splitlines()
+    catalog.write_text("\n".join(lines[:-1]) + "\n")  # drop the last product
+    result = runner.invoke(cli, ["index", str(catalog), "--incremental", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "0 added, 0 updated, 1 deleted, 2 unchanged" in result.output
+    assert list_generations(tmp_path / "data") == [current_generation(tmp_path / "data")]  # no new generation

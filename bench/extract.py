@@ -1,0 +1,98 @@
+"""Extraction throughput: the whole pipeline (read + decode + preprocess in DataLoader workers + forward) against
+the model's forward alone on pre-decoded tensors at the same batch size (the floor the pipeline can reach).
+
+Images: the demo catalog's (data/demo/images) when built, else generated JPEG "photos" (640x480).
+
+    .venv/bin/python bench/extract.py --images 256 --batch-size 32 --workers 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from indexer.extract import choose_decoder, extract_embeddings  # noqa: E402
+from models import Embedder, ModelConfig, build_model, load_image  # noqa: E402
+
+
+def generated_images(root: Path, n: int, size: tuple[int, int] = (640, 480)) -> list[Path]:
+    """Seeded JPEG photos of random shapes on textured backgrounds (decode cost like a real product shot)."""
+    rng = random.Random(1338)
+    paths = []
+    for i in range(n):
+        image = Image.effect_noise(size, 40).convert("RGB")
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x, y = rng.randint(0, size[0]), rng.randint(0, size[1])
+            r = rng.randint(30, 160)
+            colour = tuple(rng.randint(0, 255) for _ in range(3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x - r, y - r, x + r, y + r], fill=colour)
+        path = root / f"img-{i:05d}.jpg"
+        image.filter(ImageFilter.GaussianBlur(1)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--demo-dir", default="data/demo")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    embedder = Embedder(build_model(ModelConfig(image_size=args.image_size)), device=args.device)
+    demo = sorted(p for p in (Path(args.demo_dir) / "images").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    demo = demo[: args.images]
+    tmp = None
+    if len(demo) >= args.images:
+        paths, source = demo, f"{len(demo)} demo catalog images ({args.demo_dir}/images)"
+    else:
+        tmp = tempfile.TemporaryDirectory()
+        paths = generated_images(Path(tmp.name), args.images)
+        source = f"{len(paths)} generated 640x480 JPEGs (no demo catalog under {args.demo_dir})"
+    print(f"# extraction benchmark on {platform.node()} ({os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, device {embedder.device}, decoder "
+          f"{choose_decoder(embedder.device)}); shared, loaded machine")
+    print(f"# {source}; model {embedder.model.config.backbone} at {args.image_size}px, dim {embedder.dim}, "
+          f"batch {args.batch_size}")
+
+    batch = torch.stack([embedder.preprocess(load_image(p, draft_size=args.image_size))
+                         for p in paths[: args.batch_size]])
+    embedder.embed_tensors(batch)  # warm-up
+    rounds = max(1, len(paths) // args.batch_size)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        embedder.embed_tensors(batch)
+    floor = rounds * len(batch) / (time.perf_counter() - start)
+
+    print("| pipeline | images/s | of forward-only |")
+    print("|---|---|---|")
+    print(f"| forward only (pre-decoded tensors) | {floor:.1f} | 100% |", flush=True)
+    for workers in (int(w) for w in args.workers.split(",")):
+        start = time.perf_counter()
+        extract_embeddings(paths, embedder, batch_size=args.batch_size, workers=workers, progress=False)
+        rate = len(paths) / (time.perf_counter() - start)
+        print(f"| decode+preprocess+forward, {workers} DataLoader workers | {rate:.1f} | {100 * rate / floor:.0f}% |",
+              flush=True)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

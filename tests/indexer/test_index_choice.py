@@ -1,0 +1,118 @@
+"""Index choice by size and memory budget, recall tuning against exact search, nested search parameters."""
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from indexer import IndexSpec, Manifest, VectorIndex, exact_top_k
+from indexer.index_choice import (
+    IndexBudgetError, build_tuned, choose_index, exact_neighbours, held_out_queries, measure_recall, nlist_for,
+)
+from indexer.vector_index import gpu_available, ivf_layer, to_gpu_if_available
+
+DIM = 16
+
+
+@pytest.fixture(scope="module")
+def clustered() -> np.ndarray:
+    """12k unit vectors around 240 centres (seeded): neighbourhoods as in real embeddings; enough to train PQ x8."""
+    rng = np.random.default_rng(1338)
+    centres = rng.standard_normal((240, DIM)).astype(np.float32)
+    x = centres[rng.integers(0, 240, 12_000)] + 0.35 * rng.standard_normal((12_000, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_chooser_tiers_by_count_and_memory_budget():
+    assert choose_index(999_999, 256).kind == "flat"
+    assert choose_index(50_000, 256, flat_threshold=10_000).spec.factory.startswith("IVF")
+    big = choose_index(2_000_000, 256)
+    assert big.kind == "ivf_flat" and big.spec.factory == "IVF4096,Flat" and big.spec.is_ivf
+    huge = choose_index(30_000_000, 256)
+    assert huge.kind == "ivf_hnsw_flat" and huge.spec.factory.startswith("IVF16384_HNSW32,")
+    tight = choose_index(2_000_000, 256, memory_budget_bytes=1 << 30)  # full vectors need ~2 GiB
+    assert tight.kind == "opq_ivf_pq_rsq8" and tight.spec.factory == "OPQ64_256,IVF4096,PQ64x8np,Refine(SQ8)"
+    assert tight.spec.is_ivf and tight.memory_bytes <= 1 << 30
+    tighter = choose_index(2_000_000, 256, memory_budget_bytes=300 << 20)
+    assert tighter.kind == "opq_ivf_pq" and tighter.spec.factory == "OPQ64_256,IVF4096,PQ64x8np"
+    with pytest.raises(IndexBudgetError, match="need at least"):
+        choose_index(2_000_000, 256, memory_budget_bytes=10 << 20)
+    # The flat tier also respects the budget.
+    assert choose_index(500_000, 256, memory_budget_bytes=100 << 20).kind != "flat"
+    assert nlist_for(1000) == 16 and nlist_for(12_000) == 256 and nlist_for(10**9) == 65_536  # trainable powers of 2
+
+
+@pytest.mark.parametrize("budget, kind", [(None, "ivf_flat"), (800_000, "opq_ivf_pq_rsq8")])
+def test_built_index_reaches_target_recall_with_tuned_nprobe(clustered, budget, kind):
+    plan = choose_index(len(clustered), DIM, flat_threshold=1000, memory_budget_bytes=budget)
+    assert plan.kind == kind
+    index, report = build_tuned(clustered, plan, queries=300)
+    assert report.recall_at_10 >= 0.95 and report.nprobe == index.spec.nprobe
+    assert faiss.downcast_index(ivf_layer(index.index)).nprobe == 1  # tuning never touched the shared index
+    queries = held_out_queries(clustered, 300, seed=7)
+    truth = exact_neighbours(clustered, queries)
+    assert measure_recall(index, queries, truth) >= 0.9  # fresh queries, the tuned default nprobe
+    recalls = [measure_recall(index, queries, truth, nprobe) for nprobe in (1, 4, 16, 64)]
+    assert recalls == sorted(recalls)  # recall does not fall as nprobe rises
+
+
+@pytest.mark.parametrize("factory", ["PCA16,IVF64,PQ4x4np,Refine(Flat)", "PCA16,IVF64,Flat",
+                                     "IVF64,PQ4x4np,RFlat", "IVF64_HNSW32,PQ4x4np,Refine(SQ8)"])
+def test_nprobe_and_selector_reach_the_ivf_layer_through_wrappers(clustered, factory):
+    spec = IndexSpec(factory, nprobe=1)
+    assert spec.is_ivf
+    index = VectorIndex.build(clustered, spec)
+    queries = held_out_queries(clustered, 100, seed=3)
+    # nprobe reached the IVF layer inside the transform/refine wrappers: one list holds ~190 of the 12k vectors.
+    _, ids = index.search(queries[:5], 1000, nprobe=1)
+    assert ((ids >= 0).sum(axis=1) < 1000).all()
+    _, ids = index.search(queries[:5], 1000, nprobe=64)
+    assert ((ids >= 0).sum(axis=1) == 1000).all()
+    assert faiss.extract_index_ivf(index.index).nprobe == 1
+    allowed = np.arange(3, len(clustered), 97, dtype=np.int64)
+    _, ids = index.search(queries[:5], 10, allowed_ids=allowed, nprobe=64)
+    assert np.isin(ids[ids >= 0], allowed).all() and (ids >= 0).sum() > 0
+
+
+def test_overfetch_and_filter_when_the_index_cannot_take_a_selector(clustered):
+    base = VectorIndex.build(clustered[:5000], IndexSpec("Flat"))
+    no_selector = VectorIndex(base.index, base.spec, supports_selector=False)
+    assert base.supports_selector and not no_selector.supports_selector
+    query = clustered[:3]
+    rng = np.random.default_rng(5)
+    for allowed in (rng.choice(5000, 40, replace=False), np.array([7, 4000]), np.arange(0, 5000, 3)):
+        scores, ids = no_selector.search(query, 10, allowed_ids=allowed)
+        ref_scores, ref_ids = base.search(query, 10, allowed_ids=allowed)
+        assert np.array_equal(ids, ref_ids) and np.allclose(scores, ref_scores)
+        for row in range(3):
+            _, exact = exact_top_k(clustered[:5000][np.sort(allowed)], np.sort(allowed), query[row], 10)
+            assert ids[row][ids[row] >= 0].tolist() == exact.tolist()
+    # Fewer allowed ids than k: all of them, then -1 (never silently missing ones that exist).
+    _, ids = no_selector.search(query, 10, allowed_ids=np.array([7, 4000]))
+    assert sorted(ids[0][:2].tolist()) == [7, 4000] and (ids[:, 2:] == -1).all()
+    # Past the over-fetch cap (the GPU's largest k) a CPU copy applies the selector.
+    capped = VectorIndex(base.index, base.spec, supports_selector=False, cpu_index=base.index)
+    capped.max_fetch = 50
+    sparse = np.arange(0, 5000, 250)
+    assert np.array_equal(capped.search(query, 10, allowed_ids=sparse)[1], base.search(query, 10, allowed_ids=sparse)[1])
+    capped.cpu_index = None
+    with pytest.raises(RuntimeError, match="no CPU copy"):
+        capped.search(query, 10, allowed_ids=sparse)
+
+
+def test_gpu_path_falls_back_to_the_cpu_here(clustered):
+    assert gpu_available() is False
+    index = VectorIndex.build(clustered[:1000], IndexSpec("IVF8,Flat", nprobe=8))
+    moved, on_gpu = to_gpu_if_available(index.index)
+    assert moved is index.index and not on_gpu
+    same = index.to_gpu_if_available()
+    assert same is index and same.supports_selector and not same.on_gpu
+
+
+def test_old_manifests_still_load():
+    old = {"generation": "gen-000001", "created_at": "2025-01-01T00:00:00+00:00", "model_id": "m",
+           "model_config_json": {}, "dim": 8, "count": 3, "unique_images": 3, "index_factory": "Flat",
+           "catalog": "/x.csv"}
+    manifest = Manifest.model_validate_json(json.dumps(old))
+    assert manifest.recall_at_10 is None and manifest.index_memory_bytes is None and manifest.index_device == "cpu"
