@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import faiss
 import torch
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import admin, items, ops, search
 from app.batching import MicroBatcher
@@ -45,6 +46,37 @@ def _start_batcher(state: ServiceState, settings: Settings) -> MicroBatcher | No
     if embedder is None or not wanted:
         return None
     return MicroBatcher(embedder.embed_tensors, window_ms=settings.batch_window_ms, max_batch=settings.max_batch_size)
+
+
+class DeadlineMiddleware:
+    """Answer 503 {"error": {"code": "timeout"}} when a request runs past its deadline (pure ASGI, no buffering).
+
+    Work already handed to a thread cannot be interrupted; the caller gets its answer on time regardless.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, receive, tracking_send), timeout=self.timeout_s)
+        except TimeoutError:
+            if started:  # the status line is out already; nothing sensible left to send
+                raise
+            response = JSONResponse({"error": {"code": "timeout", "message": f"request took over {self.timeout_s} s"}},
+                                    status_code=503)
+            await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -82,14 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
 
-    @app.middleware("http")
-    async def deadline(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        try:
-            return await asyncio.wait_for(call_next(request), timeout=settings.request_timeout_s)
-        except TimeoutError:
-            return JSONResponse({"error": {"code": "timeout", "message":
-                                           f"request took over {settings.request_timeout_s} s"}}, status_code=503)
-
+    app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s)
     for module in (search, items, admin, ops):
         app.include_router(module.router)
     return app

@@ -30,12 +30,14 @@ class LoadedGeneration:
     catalog: LiveCatalog
 
     @classmethod
-    def open(cls, data_dir: Path, name: str) -> LoadedGeneration:
+    def open(cls, data_dir: Path, name: str, use_gpu: bool = False) -> LoadedGeneration:
         path = generations_dir(data_dir) / name
         manifest = read_manifest(path)
         store = CatalogStore(path / CATALOG_DB)
         vectors = np.load(path / VECTORS, mmap_mode="r")
         index = VectorIndex.load(path / INDEX, IndexSpec(manifest.index_factory, manifest.nprobe))
+        if use_gpu:
+            index = index.to_gpu_if_available()  # selector-less on the GPU: VectorIndex over-fetches and filters
         if not (store.count == len(vectors) == index.ntotal == manifest.count) or vectors.shape[1] != manifest.dim:
             store.close()
             raise GenerationError(f"generation {name} is inconsistent: {store.count} rows, {len(vectors)} vectors, "
@@ -75,7 +77,7 @@ class ServiceState:
                 raise GenerationError(f"no generation published under {self.data_dir}; run `lookalike index` first")
             if self._generation is not None and self._generation.name == name:
                 return self._generation
-            loaded = LoadedGeneration.open(self.data_dir, name)
+            loaded = LoadedGeneration.open(self.data_dir, name, use_gpu=self.device != "cpu")
             if self.embedder is None:
                 self.embedder = embedder_for(loaded.manifest, self.device)
             if loaded.manifest.model_id != self.embedder.model_id or loaded.manifest.dim != self.embedder.dim:

@@ -168,8 +168,12 @@ class VectorIndex:
         return cls(faiss.read_index(str(path), flags), spec)
 
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None,
-               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query; ids of -1 mark missing results. ``allowed_ids`` restricts the search."""
+               nprobe: int | None = None, complete: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query; ids of -1 mark missing results. ``allowed_ids`` restricts the search.
+
+        With ``complete`` (the default), an IVF search that finds fewer than k results probes more lists until it
+        has k or has probed them all; ``complete=False`` keeps exactly the nprobe given (for measurements).
+        """
         queries = _as_matrix(queries)
         if queries.shape[1] != self.dim:
             raise ValueError(f"query dimension {queries.shape[1]} does not match the index ({self.dim})")
@@ -177,12 +181,19 @@ class VectorIndex:
             raise ValueError("k must be at least 1")
         k = min(k, max(self.ntotal, 1))
         nprobe = nprobe or self.spec.nprobe
-        if allowed_ids is None:
-            return self._search(self.index, queries, k, nprobe, None)
-        allowed = np.unique(np.asarray(allowed_ids, dtype=np.int64))
-        if self.supports_selector:
-            return self._search(self.index, queries, k, nprobe, allowed)
-        return self._search_filtered(queries, k, nprobe, allowed)
+        allowed = None if allowed_ids is None else np.unique(np.asarray(allowed_ids, dtype=np.int64))
+        want = min(k, self.ntotal if allowed is None else len(allowed))
+        ivf = ivf_layer(self.index) if self.spec.is_ivf and not self.on_gpu else None
+        while True:
+            if allowed is None or self.supports_selector:
+                scores, ids = self._search(self.index, queries, k, nprobe, allowed)
+            else:
+                scores, ids = self._search_filtered(queries, k, nprobe, allowed)
+            # IVF only looks into nprobe lists: a restrictive filter can leave them short of k results that
+            # exist elsewhere. Probe more lists until k are found or every list was probed.
+            if not complete or ivf is None or nprobe >= ivf.nlist or int((ids >= 0).sum(axis=1).min()) >= want:
+                return scores, ids
+            nprobe = min(ivf.nlist, nprobe * 4)
 
     @staticmethod
     def _search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None,

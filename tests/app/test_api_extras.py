@@ -169,3 +169,10 @@ def test_admin_reindex_runs_in_the_background_and_swaps(admin_client, tmp_path):
     assert job["state"] == "done", job
     assert admin_client.get("/readyz").json() | {"model_id": None} == {
         "status": "ready", "generation": job["generation"], "model_id": None, "items": 4}
+
+
+def test_requests_past_the_deadline_get_a_json_503(built_data_dir):
+    settings = Settings(data_dir=built_data_dir, reload_interval_s=0, device="cpu", request_timeout_s=1e-6)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/search?k=1", content=jpeg(draw_product(0, 3)), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "timeout"

@@ -61,3 +61,14 @@ def test_exact_top_k_orders_by_score_then_id():
     scores, ids = exact_top_k(vectors, np.array([10, 11, 12, 13]), np.array([1, 0], np.float32), 3)
     assert list(ids) == [10, 12, 13]
     assert list(scores) == [1.0, 1.0, 0.5]
+
+
+def test_ivf_probes_more_lists_when_a_filter_leaves_the_probed_ones_short():
+    base, query = _unit(5000, 16, 11), _unit(1, 16, 12)
+    index = VectorIndex.build(base, IndexSpec("IVF64,Flat", nprobe=1))
+    # ids far from the query live in lists that nprobe=1 never opens
+    far = np.argsort(base @ query[0])[:20].astype(np.int64)
+    scores, ids = index.search(query, 10, allowed_ids=far)
+    assert (ids[0] >= 0).all()
+    _, exact_ids = exact_top_k(base[far], far, query[0], 10)
+    assert list(ids[0]) == list(exact_ids)
