@@ -16,21 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from indexer.catalog import CatalogRow
-from indexer.store import StoredItem, fts_query, row_digest
+from indexer.store import ITEM_COLUMNS, StoredItem, fts_query, row_digest
 
 DELTA_DB = "delta.db"
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS delta_items (
-    id INTEGER PRIMARY KEY,
-    item_id TEXT NOT NULL UNIQUE,
-    product_id TEXT NOT NULL,
-    title TEXT NOT NULL DEFAULT '',
-    category TEXT NOT NULL DEFAULT '',
-    description TEXT NOT NULL DEFAULT '',
-    image TEXT NOT NULL,
-    content_hash TEXT NOT NULL,
-    attributes TEXT NOT NULL DEFAULT '{}',
+CREATE TABLE IF NOT EXISTS delta_items ({ITEM_COLUMNS},
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY);  -- base vector ids that are deleted or replaced

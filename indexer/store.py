@@ -12,9 +12,9 @@ from pathlib import Path
 
 from indexer.catalog import CatalogRow
 
-SCHEMA = """
-CREATE TABLE items (
-    id INTEGER PRIMARY KEY,          -- the vector id in the FAISS index and in vectors.npy
+# The columns of a catalog row, shared by the base catalog and the delta (indexer/delta.py).
+ITEM_COLUMNS = """
+    id INTEGER PRIMARY KEY,          -- the vector id in the FAISS index and in vectors.npy (or the delta)
     item_id TEXT NOT NULL UNIQUE,
     product_id TEXT NOT NULL,
     title TEXT NOT NULL DEFAULT '',
@@ -22,7 +22,9 @@ CREATE TABLE items (
     description TEXT NOT NULL DEFAULT '',
     image TEXT NOT NULL,
     content_hash TEXT NOT NULL,
-    attributes TEXT NOT NULL DEFAULT '{}'
+    attributes TEXT NOT NULL DEFAULT '{}'"""
+SCHEMA = f"""
+CREATE TABLE items ({ITEM_COLUMNS}
 );
 CREATE INDEX items_product ON items(product_id);
 CREATE INDEX items_category ON items(category);
