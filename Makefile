@@ -11,9 +11,10 @@ CHROMIUM := /usr/bin/chromium
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# pip takes torch/torchvision from the machine's wheel cache when it has them (see README).
+# pip takes torch/torchvision from the machine's wheel cache when it has them (see README); the ray extra lets
+# the tests run the Ray Data engine on a local Ray.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,ray]'
 	touch $@
 
 install: $(VENV)/.installed
