@@ -42,6 +42,7 @@ test: install $(DEMO_DATA) $(CHROMIUM)
 
 lint: install
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/ruff check --select E9,F app models indexer bench tests
 
 bench-quality: demo
 	$(BIN)/python bench/demo_quality.py

@@ -38,3 +38,10 @@ def test_compose_services_share_data_and_run_real_commands():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci/run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_code_has_no_pyflakes_errors():
+    ruff = shutil.which("ruff") or str(ROOT / ".venv/bin/ruff")
+    result = subprocess.run([ruff, "check", "--select", "E9,F", "app", "models", "indexer", "bench", "tests"],
+                            cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,11 +1,9 @@
 """Input forms, batch search, admin endpoints (auth, reload, upsert/delete), metrics and CORS."""
 
 import base64
-import io
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings

@@ -1,6 +1,5 @@
 import csv
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
