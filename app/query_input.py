@@ -47,7 +47,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _check_image(data: bytes, limit: int) -> bytes:
+def check_image(data: bytes, limit: int) -> bytes:
+    """Refuse an empty image or one over the byte limit."""
     if len(data) > limit:
         raise ApiError(413, "upload_too_large", f"image is over the {limit}-byte limit")
     if not data:
@@ -60,7 +61,7 @@ def decode_base64_image(text: str, limit: int) -> bytes:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, "invalid_base64", "image_base64 is not valid base64") from None
-    return _check_image(data, limit)
+    return check_image(data, limit)
 
 
 def _query_options(request: Request) -> dict[str, Any]:
@@ -89,13 +90,13 @@ async def read_search_request(request: Request, max_bytes: int) -> tuple[bytes, 
             raise RequestValidationError([{"loc": ("body", "image"), "msg": "Field required (an image file)",
                                            "type": "missing"}])
         data = await image.read(max_bytes + 1)
-        return _check_image(data, max_bytes), validated(SearchOptions, options)
+        return check_image(data, max_bytes), validated(SearchOptions, options)
     if content_type == "application/json":
         body = await read_body(request, max_bytes * 4 // 3 + JSON_OVERHEAD)
         parsed: SearchJSON = validated(SearchJSON, body)
         return decode_base64_image(parsed.image_base64, max_bytes), SearchOptions(
             **{**parsed.model_dump(exclude={"image_base64"}, exclude_unset=True)})
     if content_type.startswith("image/") or content_type == "application/octet-stream":
-        return _check_image(await read_body(request, max_bytes), max_bytes), validated(SearchOptions, options)
+        return check_image(await read_body(request, max_bytes), max_bytes), validated(SearchOptions, options)
     raise ApiError(415, "unsupported_media_type",
                    "send multipart/form-data (field 'image'), a raw image body (image/*), or JSON with image_base64")

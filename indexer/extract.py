@@ -239,9 +239,13 @@ def extract_embeddings(paths: Sequence[Path], embedder: Embedder, *, batch_size:
     return out
 
 
-def extract_deduplicated(paths: Sequence[Path], embedder: Embedder, **kwargs: object) -> tuple[np.ndarray, list[str], int]:
-    """Embed each distinct file content once and give every row its vector -> (vectors, hashes, unique count)."""
-    plan = DedupPlan.from_hashes(hash_images(paths))
+def extract_deduplicated(paths: Sequence[Path], embedder: Embedder, hashes: Sequence[str] | None = None,
+                         **kwargs: object) -> tuple[np.ndarray, list[str], int]:
+    """Embed each distinct file content once and give every row its vector -> (vectors, hashes, unique count).
+
+    ``hashes`` are the files' content hashes when the caller has them already (else they are computed here).
+    """
+    plan = DedupPlan.from_hashes(hash_images(paths) if hashes is None else hashes)
     try:
         unique_vectors = extract_embeddings([paths[i] for i in plan.unique_rows], embedder, **kwargs)  # type: ignore[arg-type]
     except ImageReadError as exc:

@@ -58,8 +58,8 @@ def apply_incremental(catalog: Path, data_dir: Path, embedder: Embedder, *, batc
                    if live.get(r.item_id) != row_digest(r.product_id, r.title, r.category, r.description, h,
                                                         json.dumps(r.attributes, sort_keys=True))]
         try:
-            vectors, _, _ = extract_deduplicated([r.image for r, _ in changed], embedder, batch_size=batch_size,
-                                                 workers=workers, progress=progress)
+            vectors, _, _ = extract_deduplicated([r.image for r, _ in changed], embedder, [h for _, h in changed],
+                                                 batch_size=batch_size, workers=workers, progress=progress)
         except ImageReadError as exc:
             raise CatalogError(catalog, changed[exc.index][0].line, exc.reason) from None
 
@@ -68,12 +68,12 @@ def apply_incremental(catalog: Path, data_dir: Path, embedder: Embedder, *, batc
             return entry[0] if entry is not None and entry[0] not in tombstones else None
 
         added = updated = 0
-        for (row, digest_hash), vector in zip(changed, vectors, strict=True):
+        for (row, image_hash), vector in zip(changed, vectors, strict=True):
             if row.item_id in live:
                 updated += 1
             else:
                 added += 1
-            delta.upsert(row, digest_hash, vector, live_base_id(row.item_id))
+            delta.upsert(row, image_hash, vector, live_base_id(row.item_id))
         listed = {r.item_id for r in rows}
         gone = [item for item in live if item not in listed]
         for item in gone:

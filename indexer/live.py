@@ -64,8 +64,8 @@ class LiveCatalog:
         snap = self.snapshot()
         if item_id in snap.by_item_id:
             return snap.items[snap.by_item_id[item_id]]
-        base = self.base_id_of(item_id)
-        return None if base is None else self.store.by_ids([base])[base]
+        item = self.store.by_item_id(item_id)
+        return None if item is None or np.isin(item.id, snap.tombstones) else item
 
     def by_ids(self, ids: Sequence[int]) -> dict[int, StoredItem]:
         snap = self.snapshot()

@@ -15,8 +15,10 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from app.api.search import embed_uploads
 from app.deps import GenerationDep, SettingsDep, StateDep, require_admin_key
 from app.errors import ApiError
+from app.query_input import check_image
 from app.schemas import ErrorResponse, ItemChange, ItemUpdate, ReindexJob, ReindexRequest, ReloadResult
 from app.serving import ServiceState
 from app.settings import Settings
@@ -105,6 +107,7 @@ def _store_upload(settings: Settings, data: bytes, image_format: str) -> Path:
 @router.put("/items/{item_id}", response_model=ItemChange, responses=ERRORS,
             summary="Add or replace one item (image + metadata); searchable at once")
 async def upsert_item(
+    request: Request,
     item_id: str,
     settings: SettingsDep,
     state: StateDep,
@@ -119,13 +122,8 @@ async def upsert_item(
     except ValidationError as exc:
         raise ApiError(422, "invalid_metadata", str(exc).splitlines()[0] + ": " + "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-    data = await image.read(settings.max_upload_bytes + 1)
-    if len(data) > settings.max_upload_bytes:
-        raise ApiError(413, "upload_too_large", f"upload is over the {settings.max_upload_bytes}-byte limit")
-    embedder = state.embedder
-    assert embedder is not None
-    picture = await run_in_threadpool(embedder.load, data, settings.max_pixels)
-    vector = (await run_in_threadpool(embedder.embed_images, [picture]))[0]
+    data = check_image(await image.read(settings.max_upload_bytes + 1), settings.max_upload_bytes)
+    vector = (await embed_uploads(request, state, settings, [data], {}))[0]
     image_format = Image.open(io.BytesIO(data)).format or "bin"
     path = _store_upload(settings, data, image_format)
     catalog = gen.catalog

@@ -111,7 +111,8 @@ def test_a_lone_call_runs_alone_and_a_full_batch_does_not_wait_for_the_window(te
     assert forward.sizes == [1, 1]
 
 
-def test_callers_arriving_during_a_forward_form_the_next_batch(tensors):
+def first_forward_blocks():
+    """A forward that records batch sizes and holds its first call until ``release`` is set."""
     release = threading.Event()
     sizes: list[int] = []
 
@@ -120,6 +121,12 @@ def test_callers_arriving_during_a_forward_form_the_next_batch(tensors):
         if len(sizes) == 1:
             release.wait(timeout=30)
         return fake_forward(batch)
+
+    return slow, sizes, release
+
+
+def test_callers_arriving_during_a_forward_form_the_next_batch(tensors):
+    slow, sizes, release = first_forward_blocks()
 
     async def main():
         batcher = MicroBatcher(slow, window_ms=0, max_batch=64)
@@ -155,14 +162,7 @@ def test_the_event_loop_keeps_running_during_a_forward(tensors):
 
 
 def test_cancelled_callers_are_dropped_from_the_batch(tensors):
-    release = threading.Event()
-    sizes: list[int] = []
-
-    def slow(batch):
-        sizes.append(len(batch))
-        if len(sizes) == 1:
-            release.wait(timeout=30)
-        return fake_forward(batch)
+    slow, sizes, release = first_forward_blocks()
 
     async def main():
         batcher = MicroBatcher(slow, window_ms=0, max_batch=64)
