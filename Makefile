@@ -6,15 +6,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DATA := /usr/share/sweethome3d/furniture
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run demo serve test lint bench-quality clean
+.PHONY: install run demo serve test lint bench-quality bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # pip takes torch/torchvision from the machine's wheel cache when it has them (see README); the ray extra lets
-# the tests run the Ray Data engine on a local Ray.
+# the tests run the Ray Data engine on a local Ray, the milvus extra the vector-store contract on milvus-lite.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[test,ray]'
+	$(BIN)/pip install -e '.[test,ray,milvus]'
 	touch $@
 
 install: $(VENV)/.installed
