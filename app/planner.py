@@ -1,11 +1,14 @@
 """The search planner: turn a query vector and constraints into ranked, grouped results.
 
+Rows come from the ``LiveCatalog``, vectors from the generation's ``VectorStore`` (the only vector interface
+the planner uses, so any backend behind it answers the same way).
+
 - No constraint: ANN search over the whole catalog, over-fetching until enough products are found.
-- A candidate set (keyword hits, the shop's candidate ids, categories, all intersected) of up to
-  ``exact_threshold`` ids: gather their stored vectors and score them exactly, so the answer is complete.
-- A larger candidate set: ANN search restricted to it (an id selector, or over-fetch and filter where the
-  index cannot take a selector), with the same over-fetch loop until k products are found or the set is
-  exhausted.
+- A candidate set (keyword hits, the shop's candidate ids, categories, all intersected as masks over the id
+  space) of up to ``exact_threshold`` ids: exact scores over the store's compact vectors, so the answer is
+  complete.
+- A larger candidate set: ANN search restricted to it (the store applies the filter natively or over-fetches
+  and filters), with the same over-fetch loop until k products are found or the set is exhausted.
 With a keyword and ``keyword_weight`` > 0, candidates are ranked by a blend of visual similarity and BM25.
 """
 
@@ -18,6 +21,8 @@ import numpy as np
 
 from indexer import StoredItem
 from indexer.live import LiveCatalog
+from indexer.overfetch import growing
+from indexer.vector_store import IdFilter, SearchParams, VectorStore
 
 
 class PlanError(ValueError):
@@ -52,34 +57,38 @@ class Ranked:
 
 @dataclass
 class Candidates:
-    allowed: np.ndarray | None  # None: no constraint
+    allowed: IdFilter | None  # None: no constraint
     unknown: list[str]
-    keyword_scores: dict[int, float] | None
+    keyword_scores: dict[int, float] | None  # BM25 per id, only when the ranking blends it in
 
 
 def candidate_set(catalog: LiveCatalog, query: Query) -> Candidates:
     """The live ids every constraint allows, candidate ids the catalog does not know, and BM25 scores."""
-    sets: list[np.ndarray] = []
+    space = catalog.id_space
+    mask: np.ndarray | None = None
     unknown: list[str] = []
     keyword_scores = None
     if query.candidate_ids is not None:
-        known = catalog.ids_for_item_ids(list(dict.fromkeys(query.candidate_ids)))
-        unknown = [c for c in query.candidate_ids if c not in known]
-        sets.append(np.fromiter(known.values(), dtype=np.int64, count=len(known)))
+        ids, unknown = catalog.resolve_item_ids(list(query.candidate_ids))
+        mask = np.zeros(space, dtype=bool)
+        mask[ids] = True
     if query.q:
-        hits = catalog.keyword_ids(query.q)
-        keyword_scores = dict(hits)
-        sets.append(np.fromiter(keyword_scores, dtype=np.int64, count=len(keyword_scores)))
+        if query.keyword_weight > 0:
+            keyword_scores = dict(catalog.keyword_ids(query.q))
+            hits = np.zeros(space, dtype=bool)
+            hits[np.fromiter(keyword_scores, dtype=np.int64, count=len(keyword_scores))] = True
+        else:
+            hits = catalog.keyword_mask(query.q)
+        mask = hits if mask is None else mask & hits
     if query.categories:
-        sets.append(catalog.ids_in_categories(list(query.categories)))
-    if not sets:
+        inside = catalog.category_mask(list(query.categories))
+        mask = inside if mask is None else mask & inside
+    if mask is None:
         return Candidates(None, unknown, None)
-    allowed = np.unique(sets[0])
-    for other in sets[1:]:
-        allowed = np.intersect1d(allowed, other)
     if query.exclude_ids:
-        allowed = np.setdiff1d(allowed, np.fromiter(query.exclude_ids, dtype=np.int64))
-    return Candidates(allowed, unknown, keyword_scores)
+        excluded = np.fromiter(query.exclude_ids, dtype=np.int64)
+        mask[excluded[excluded < len(mask)]] = False
+    return Candidates(IdFilter.from_mask(mask), unknown, keyword_scores)
 
 
 def _take(catalog: LiveCatalog, ids: np.ndarray, scores: np.ndarray, query: Query, limit: int,
@@ -93,8 +102,8 @@ def _take(catalog: LiveCatalog, ids: np.ndarray, scores: np.ndarray, query: Quer
     ids, scores = ids[valid], np.asarray(scores)[valid]
     out: list[tuple[StoredItem, float]] = []
     seen: set[str] = set()
-    start, step = 0, max(first_chunk, 2 * limit)
-    while start < len(ids) and len(out) < limit:
+    start = 0
+    for step in growing(max(first_chunk, 2 * limit), max(len(ids), 1)):
         part = [int(i) for i in ids[start:start + step]]
         rows = catalog.by_ids(part)
         for i, score in zip(part, scores[start:start + step], strict=True):
@@ -107,8 +116,10 @@ def _take(catalog: LiveCatalog, ids: np.ndarray, scores: np.ndarray, query: Quer
                 seen.add(item.product_id)
             out.append((item, float(score)))
             if len(out) == limit:
-                break
-        start, step = start + step, step * 4
+                return out
+        start += step
+        if start >= len(ids):
+            break
     return out
 
 
@@ -119,31 +130,39 @@ def _fused(visual: np.ndarray, ids: np.ndarray, keyword_scores: dict[int, float]
     return (1.0 - weight) * visual + weight * (bm25 / top if top > 0 else bm25)
 
 
-def plan_and_search(catalog: LiveCatalog, vector: np.ndarray, query: Query, *, exact_threshold: int,
-                    overfetch: int) -> Ranked:
-    """Rank catalog images for ``vector`` under ``query``'s constraints (see the module docstring)."""
-    found = candidate_set(catalog, query)
+def plan_and_search(catalog: LiveCatalog, vectors: VectorStore, vector: np.ndarray, query: Query, *,
+                    exact_threshold: int, overfetch: int) -> Ranked:
+    """Rank catalog images for ``vector`` (in the store's space) under ``query``'s constraints (see the module
+    docstring)."""
+    found = candidate_set(catalog, query)  # also brings the vector store up to the delta's current version
     allowed = found.allowed
     wanted = query.offset + query.k
-    if allowed is not None and len(allowed) <= exact_threshold:
-        visual = catalog.scores_for(allowed, vector)
-        if found.keyword_scores is not None and query.keyword_weight > 0:
-            visual = _fused(visual, allowed, found.keyword_scores, query.keyword_weight)
-        order = np.lexsort((allowed, -visual))
-        hits = _take(catalog, allowed[order], visual[order], query, wanted + 1)
-        return Ranked(hits[query.offset:wanted], "exact", len(allowed), found.unknown, len(hits) > wanted)
+    exact = allowed is not None and len(allowed) <= exact_threshold
+    count = None if allowed is None else len(allowed)
+    if found.keyword_scores is not None and query.keyword_weight > 0:
+        if not exact:
+            raise PlanError(f"keyword_weight needs a keyword set of at most {exact_threshold} images to score exactly")
+        if not count:
+            return Ranked([], "exact", count, found.unknown, False)
+        scores, ids = vectors.search(vector, count, allowed, SearchParams(exact=True))
+        ids, visual = ids[0][ids[0] >= 0], scores[0][ids[0] >= 0]
+        fused = _fused(visual, ids, found.keyword_scores, query.keyword_weight)
+        order = np.lexsort((ids, -fused))
+        hits = _take(catalog, ids[order], fused[order], query, wanted + 1)
+        return Ranked(hits[query.offset:wanted], "exact", count, found.unknown, len(hits) > wanted)
 
-    if query.keyword_weight > 0:
-        raise PlanError(f"keyword_weight needs a keyword set of at most {exact_threshold} images to score exactly")
-    plan = "index" if allowed is None else "index+selector"
-    limit = catalog.count if allowed is None else len(allowed)
-    fetch = min(limit, (wanted + 1) * (overfetch if query.group else 1) + len(query.exclude_ids))
-    while True:
-        scores, ids = catalog.search(vector, max(fetch, 1), allowed_ids=allowed)
-        hits = _take(catalog, ids, scores, query, wanted + 1)
+    plan = "exact" if exact else "index" if allowed is None else "index+selector"
+    if count == 0:
+        return Ranked([], plan, count, found.unknown, False)
+    params = SearchParams(exact=exact)
+    limit = vectors.ntotal if allowed is None else count
+    first = (wanted + 1) * (overfetch if query.group else 1) + len(query.exclude_ids)
+    hits: list[tuple[StoredItem, float]] = []
+    for fetch in growing(first, limit):
+        scores, ids = vectors.search(vector, fetch, allowed, params)
+        hits = _take(catalog, ids[0], scores[0], query, wanted + 1)
         # Done with enough hits, or when the search returned fewer than asked (nothing more to find),
         # or when it was asked for every allowed image already.
-        if len(hits) > wanted or len(ids) < fetch or fetch >= limit:
-            return Ranked(hits[query.offset:wanted], plan, None if allowed is None else len(allowed), found.unknown,
-                          len(hits) > wanted)
-        fetch = min(limit, fetch * 4)
+        if len(hits) > wanted or int((ids[0] >= 0).sum()) < fetch:
+            break
+    return Ranked(hits[query.offset:wanted], plan, count, found.unknown, len(hits) > wanted)

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer import CatalogStore, GenerationError, IndexSpec, Manifest, VectorIndex, current_generation, read_manifest
-from indexer.build import CATALOG_DB, INDEX, VECTORS
+from indexer import CatalogStore, GenerationError, Manifest, current_generation, read_manifest
+from indexer.backends import open_vector_store
+from indexer.build import CATALOG_DB
 from indexer.generations import generations_dir
-from indexer.live import LiveCatalog
+from indexer.live import LiveCatalog, vector_sync
+from indexer.vector_store import VectorStore
 from models import Embedder, ModelConfig, build_model
 
 log = logging.getLogger(__name__)
@@ -22,27 +24,36 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedGeneration:
-    """One generation opened for reading: the live catalog (base rows, vectors, ANN index, delta) and manifest."""
+    """One generation opened for reading: its rows (base + delta), its vector store and its manifest."""
 
     name: str
     path: Path
     manifest: Manifest
     catalog: LiveCatalog
+    vectors: VectorStore
 
     @classmethod
     def open(cls, data_dir: Path, name: str, use_gpu: bool = False) -> LoadedGeneration:
         path = generations_dir(data_dir) / name
         manifest = read_manifest(path)
         store = CatalogStore(path / CATALOG_DB)
-        vectors = np.load(path / VECTORS, mmap_mode="r")
-        index = VectorIndex.load(path / INDEX, IndexSpec(manifest.index_factory, manifest.nprobe))
-        if use_gpu:
-            index = index.to_gpu_if_available()  # selector-less on the GPU: VectorIndex over-fetches and filters
-        if not (store.count == len(vectors) == index.ntotal == manifest.count) or vectors.shape[1] != manifest.dim:
+        try:
+            vectors = open_vector_store(path, manifest, use_gpu=use_gpu)
+        except (OSError, RuntimeError, ValueError) as exc:
             store.close()
-            raise GenerationError(f"generation {name} is inconsistent: {store.count} rows, {len(vectors)} vectors, "
-                                  f"{index.ntotal} indexed, manifest says {manifest.count}")
-        return cls(name, path, manifest, LiveCatalog(path, store, vectors, index))
+            raise GenerationError(f"generation {name}: cannot open its vectors ({exc})") from None
+        if not (store.count == vectors.ntotal == manifest.count):
+            store.close()
+            raise GenerationError(f"generation {name} is inconsistent: {store.count} rows, {vectors.ntotal} vectors, "
+                                  f"manifest says {manifest.count}")
+        catalog = LiveCatalog(path, store, manifest.count, manifest.dim)
+        generation = cls(name, path, manifest, catalog, vectors)
+        catalog.follow(vector_sync(vectors, generation.encode))
+        return generation
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """Embeddings (queries, delta rows) into the vector store's space."""
+        return np.asarray(vectors, dtype=np.float32)
 
 
 def embedder_for(manifest: Manifest, device: str) -> Embedder:

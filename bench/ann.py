@@ -23,9 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from indexer.exact import exact_top_k  # noqa: E402
 from indexer.generations import current_generation, generations_dir  # noqa: E402
 from indexer.index_choice import (  # noqa: E402
-    DEFAULT_FLAT_THRESHOLD, IndexPlan, build_tuned, choose_index, estimate_memory, exact_neighbours, recall_at_k,
+    DEFAULT_FLAT_THRESHOLD, IndexPlan, build_tuned, choose_index, estimate_memory, recall_at_k,
 )
 
 
@@ -89,7 +90,7 @@ def main() -> None:
         base = mixture(n, centres, args.noise, seed=n)
         queries = mixture(args.queries, centres, args.noise, seed=n + 1)
         start = time.perf_counter()
-        truth = exact_neighbours(base, queries)
+        truth = exact_top_k(base, queries, 10)[1]
         exact_s = time.perf_counter() - start
         picked = choose_index(n, dim)
         plans: list[tuple[str, IndexPlan]] = []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from indexer.catalog import CatalogError, read_catalog
 from indexer.extract import DedupPlan, EmbedFn, ImageReadError, content_hash, extract_to_shards, hash_images
+from indexer.faiss_store import FaissCpuStore, build_flat
 from indexer.generations import MANIFEST, Manifest, new_generation_dir, prune_generations, publish, write_json_atomic
 from indexer.index_choice import TARGET_RECALL, build_tuned, choose_index
 from indexer.shards import DEFAULT_SHARD_SIZE
@@ -20,7 +21,8 @@ from models import Embedder
 log = logging.getLogger(__name__)
 
 VECTORS = "vectors.npy"
-INDEX = "index.faiss"
+INDEX = "index.faiss"  # generations before the vector store; now inside VECTOR_STORE
+VECTOR_STORE = "store"  # the FAISS vector store's directory (flat codes, ANN index, store.json)
 CATALOG_DB = "catalog.db"
 WORK = "work"
 ENGINES = ("local", "ray")
@@ -86,7 +88,11 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, *, check
                                   memory_budget_bytes=memory_budget_bytes)
         log.info("index choice: %s (%s)", index_plan.spec.factory, index_plan.reason)
         index, report = build_tuned(vectors, index_plan, target=target_recall)
-        index.save(gen_dir / INDEX)
+        if index_plan.kind == "flat":
+            vector_store = FaissCpuStore.from_parts(index.index, None)
+        else:
+            vector_store = FaissCpuStore.from_parts(build_flat(vectors, "float32"), index)
+        vector_store.save(gen_dir / VECTOR_STORE)
         del vectors
         timings["index"] = time.perf_counter() - start
 

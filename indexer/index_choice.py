@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
+from indexer.exact import exact_top_k
 from indexer.vector_index import IndexSpec, VectorIndex, ivf_layer
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,6 @@ class IndexReport:
     tune_seconds: float
     train_size: int
     queries: int
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def nlist_for(count: int) -> int:
@@ -144,22 +141,6 @@ def held_out_queries(vectors: np.ndarray, n: int = 500, seed: int = 1338) -> np.
     return np.ascontiguousarray(vectors[np.sort(rng.choice(len(vectors), n, replace=False))], dtype=np.float32)
 
 
-def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int = RECALL_K, chunk: int = 262_144) -> np.ndarray:
-    """Exact top-k ids by inner product, scanning ``vectors`` in chunks (works on a memory map)."""
-    k = min(k, len(vectors))
-    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
-    for start in range(0, len(vectors), chunk):
-        block = np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32)
-        scores, ids = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
-        scores = np.concatenate([best_scores, scores], axis=1)
-        ids = np.concatenate([best_ids, ids + start], axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(scores, order, 1)
-        best_ids = np.take_along_axis(ids, order, 1)
-    return best_ids
-
-
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of the exact top-k that the index returned in its top-k."""
     k = truth.shape[1]
@@ -214,7 +195,7 @@ def build_tuned(vectors: np.ndarray, plan: IndexPlan, *, target: float = TARGET_
     nprobe = plan.spec.nprobe
     if plan.kind != "flat":
         sample = held_out_queries(vectors, queries, seed=seed + 1338)
-        truth = exact_neighbours(vectors, sample, RECALL_K)
+        truth = exact_top_k(vectors, sample, RECALL_K)[1]
         nprobe, recall = tune_nprobe(index, sample, truth, start=1, target=target)
         index = VectorIndex(index.index, IndexSpec(plan.spec.factory, nprobe))
     else:

@@ -1,138 +1,209 @@
-"""A generation as the service queries it: base catalog, vectors and index, plus the delta and tombstones.
+"""A generation's rows as the service reads them: the base catalog store merged with the delta and tombstones.
 
-Every read goes through here, so a deleted item never comes back and an added one is found at once,
-whether the query uses the ANN index, an exact candidate set, a keyword or an item id.
+Rows come from here; vectors come from the generation's ``VectorStore`` (``indexer.vector_store``). The two
+stay in step through ``follow``: each time the delta's version changes, the new snapshot's differences are
+pushed to the vector store (``vector_sync``), so a deleted item never comes back and an added one is found at
+once, whether the query uses the ANN index, an exact candidate set, a keyword or an item id.
+
+Id resolution stays in RAM, per generation: item id -> vector id (a dict), category -> a code per base id (an
+int32 array), tombstones -> a boolean mask over base ids. Candidate sets are boolean masks over the id space.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from indexer.delta import DeltaSnapshot, DeltaStore
 from indexer.store import CatalogStore, StoredItem
-from indexer.vector_index import VectorIndex, exact_top_k
+from indexer.vector_store import VectorStore
+
+DeltaFollower = Callable[[DeltaSnapshot | None, DeltaSnapshot], None]
+
+
+@dataclass(frozen=True)
+class _View:
+    """One delta version with what the readers derive from it once."""
+
+    snapshot: DeltaSnapshot
+    dead: np.ndarray  # bool per base id: tombstoned
+
+    @property
+    def id_space(self) -> int:
+        ids = self.snapshot.ids
+        return max(len(self.dead), int(ids.max()) + 1 if len(ids) else 0)
 
 
 class LiveCatalog:
-    """Base generation merged with its delta; the delta snapshot is refreshed when its version changes."""
+    """Base rows merged with the delta's rows and tombstones; the delta is re-read when its version changes."""
 
-    def __init__(self, generation_dir: Path, store: CatalogStore, vectors: np.ndarray, index: VectorIndex) -> None:
+    def __init__(self, generation_dir: Path, store: CatalogStore, base_count: int, dim: int) -> None:
         self.store = store
-        self.base_vectors = vectors
-        self.index = index
-        self.dim = int(vectors.shape[1])
-        self.base_count = int(len(vectors))
-        self.delta = DeltaStore(generation_dir, self.base_count, self.dim)
+        self.base_count = int(base_count)
+        self.delta = DeltaStore(generation_dir, self.base_count, dim)
         self._lock = threading.Lock()
-        self._snapshot = self.delta.snapshot()
+        self._followers: list[DeltaFollower] = []
+        self._view = self._make_view(self.delta.snapshot())
+        self._item_ids: dict[str, int] | None = None
+        self._category_codes: tuple[np.ndarray, dict[str, int]] | None = None
 
     def close(self) -> None:
         self.delta.close()
         self.store.close()
 
-    def snapshot(self) -> DeltaSnapshot:
-        """The current delta, reloaded only when a writer has changed it."""
+    def _make_view(self, snapshot: DeltaSnapshot) -> _View:
+        dead = np.zeros(self.base_count, dtype=bool)
+        dead[snapshot.tombstones[snapshot.tombstones < self.base_count]] = True
+        return _View(snapshot, dead)
+
+    def follow(self, follower: DeltaFollower) -> None:
+        """Call ``follower(old, new)`` with every new delta snapshot, starting now with ``(None, current)``."""
         with self._lock:
-            if self.delta.version() != self._snapshot.version:
-                self._snapshot = self.delta.snapshot()
-            return self._snapshot
+            follower(None, self._view.snapshot)
+            self._followers.append(follower)
+
+    def view(self) -> _View:
+        """The current delta view, reloaded (and pushed to the followers) only when a writer has changed it."""
+        with self._lock:
+            if self.delta.version() != self._view.snapshot.version:
+                view = self._make_view(self.delta.snapshot())
+                for follower in self._followers:
+                    follower(self._view.snapshot, view.snapshot)
+                self._view = view
+            return self._view
+
+    def snapshot(self) -> DeltaSnapshot:
+        return self.view().snapshot
 
     @property
     def count(self) -> int:
-        snap = self.snapshot()
-        return self.base_count - len(snap.tombstones) + len(snap.ids)
+        view = self.view()
+        return self.base_count - len(view.snapshot.tombstones) + len(view.snapshot.ids)
 
-    def _alive(self, ids: np.ndarray, snap: DeltaSnapshot) -> np.ndarray:
-        """Drop tombstoned base ids and delta ids that no longer exist."""
-        base = ids < self.base_count
-        keep = np.where(base, ~np.isin(ids, snap.tombstones), np.isin(ids, snap.ids))
-        return ids[keep]
+    @property
+    def id_space(self) -> int:
+        """One past the largest id in use (base or delta): the length of a candidate mask."""
+        return self.view().id_space
+
+    # --- in-RAM id maps (built on first use, one SQLite scan each) ------------------------------------------
+    def _base_item_ids(self) -> dict[str, int]:
+        if self._item_ids is None:
+            with self._lock:
+                if self._item_ids is None:
+                    self._item_ids = self.store.item_id_map()
+        return self._item_ids
+
+    def _base_categories(self) -> tuple[np.ndarray, dict[str, int]]:
+        if self._category_codes is None:
+            with self._lock:
+                if self._category_codes is None:
+                    names: dict[str, int] = {}
+                    codes = np.fromiter((names.setdefault(c, len(names)) for c in self.store.category_column()),
+                                        dtype=np.int32, count=self.base_count)
+                    self._category_codes = codes, names
+        return self._category_codes
 
     # --- rows ---------------------------------------------------------------------------------------------
     def base_id_of(self, item_id: str) -> int | None:
         """The live base row of an item id (None if absent or tombstoned)."""
-        item = self.store.by_item_id(item_id)
-        if item is None or np.isin(item.id, self.snapshot().tombstones):
-            return None
-        return item.id
+        base = self._base_item_ids().get(item_id)
+        return None if base is None or self.view().dead[base] else base
 
     def by_item_id(self, item_id: str) -> StoredItem | None:
-        snap = self.snapshot()
+        view = self.view()
+        snap = view.snapshot
         if item_id in snap.by_item_id:
             return snap.items[snap.by_item_id[item_id]]
         item = self.store.by_item_id(item_id)
-        return None if item is None or np.isin(item.id, snap.tombstones) else item
+        return None if item is None or view.dead[item.id] else item
 
     def by_ids(self, ids: Sequence[int]) -> dict[int, StoredItem]:
-        snap = self.snapshot()
-        alive = self._alive(np.asarray(ids, dtype=np.int64), snap)
-        found = self.store.by_ids([int(i) for i in alive if i < self.base_count])
-        found.update({int(i): snap.items[int(i)] for i in alive if i >= self.base_count})
+        view = self.view()
+        ids = np.asarray(ids, dtype=np.int64)
+        base = ids[ids < self.base_count]
+        found = self.store.by_ids(base[~view.dead[base]].tolist())
+        items = view.snapshot.items
+        found.update({int(i): items[int(i)] for i in ids[ids >= self.base_count] if int(i) in items})
         return found
 
+    def resolve_item_ids(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """(live vector ids of the known item ids, the item ids that are unknown or deleted) in input order."""
+        view = self.view()
+        base = self._base_item_ids()
+        delta = view.snapshot.by_item_id
+        if delta:
+            ids = np.fromiter((delta.get(i, base.get(i, -1)) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        else:
+            ids = np.fromiter((base.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        in_base = (ids >= 0) & (ids < self.base_count)
+        ids[in_base] = np.where(view.dead[ids[in_base]], -1, ids[in_base])
+        missing = np.flatnonzero(ids < 0)
+        return ids[ids >= 0], [item_ids[i] for i in missing]
+
     def ids_for_item_ids(self, item_ids: Sequence[str]) -> dict[str, int]:
-        snap = self.snapshot()
-        found = {k: v for k, v in self.store.ids_for_item_ids(item_ids).items() if not np.isin(v, snap.tombstones)}
-        found.update({i: snap.by_item_id[i] for i in item_ids if i in snap.by_item_id})
-        return found
+        ids, unknown = self.resolve_item_ids(item_ids)
+        gone = set(unknown)
+        return dict(zip([i for i in item_ids if i not in gone], ids.tolist(), strict=True))
 
     def keyword_ids(self, text: str) -> list[tuple[int, float]]:
         """Live ids matching the keywords, with BM25 relevance (higher is better)."""
+        view = self.view()
         hits = self.store.keyword_ids(text, limit=-1) + self.delta.keyword_ids(text)
-        alive = set(self._alive(np.array([i for i, _ in hits], dtype=np.int64), self.snapshot()).tolist())
-        return [(i, s) for i, s in hits if i in alive]
+        return [(i, s) for i, s in hits if self._alive_one(i, view)]
+
+    def keyword_mask(self, text: str) -> np.ndarray:
+        """Live ids matching the keywords, as a mask over the id space (no BM25: for filtering only)."""
+        view = self.view()
+        mask = np.zeros(view.id_space, dtype=bool)
+        base = self.store.keyword_rowids(text)
+        mask[base] = True
+        mask[: self.base_count] &= ~view.dead
+        delta = [i for i, _ in self.delta.keyword_ids(text) if i in view.snapshot.items]
+        mask[np.asarray(delta, dtype=np.int64)] = True
+        return mask
+
+    def category_mask(self, categories: Sequence[str]) -> np.ndarray:
+        """Live ids in any of ``categories``, as a mask over the id space."""
+        view = self.view()
+        codes, names = self._base_categories()
+        wanted = [names[c] for c in set(categories) if c in names]
+        mask = np.zeros(view.id_space, dtype=bool)
+        if wanted:
+            mask[: self.base_count] = np.isin(codes, np.asarray(wanted, dtype=np.int32)) & ~view.dead
+        chosen = set(categories)
+        delta = [i for i, it in view.snapshot.items.items() if it.category in chosen]
+        mask[np.asarray(delta, dtype=np.int64)] = True
+        return mask
 
     def ids_in_categories(self, categories: Sequence[str]) -> np.ndarray:
-        snap = self.snapshot()
-        base = np.array(self.store.ids_in_categories(categories), dtype=np.int64)
-        delta = [i for i, it in snap.items.items() if it.category in set(categories)]
-        return self._alive(np.concatenate([base, np.array(delta, dtype=np.int64)]), snap)
+        return np.flatnonzero(self.category_mask(categories)).astype(np.int64)
 
-    # --- vectors ------------------------------------------------------------------------------------------
-    def vectors_for(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors of live ids (base from the memory map, delta from the snapshot)."""
-        snap = self.snapshot()
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        base = ids < self.base_count
-        if base.any():
-            out[base] = self.base_vectors[ids[base]]
-        if (~base).any():
-            position = {int(i): n for n, i in enumerate(snap.ids)}
-            out[~base] = snap.vectors[[position[int(i)] for i in ids[~base]]]
-        return out
+    def _alive_one(self, vector_id: int, view: _View) -> bool:
+        if vector_id < self.base_count:
+            return not view.dead[vector_id]
+        return vector_id in view.snapshot.items
 
-    def scores_for(self, ids: np.ndarray, vector: np.ndarray, chunk: int = 16384) -> np.ndarray:
-        """Exact inner products of ``vector`` with the stored vectors of ``ids``, gathered in bounded chunks."""
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        out = np.empty(len(ids), dtype=np.float32)
-        for start in range(0, len(ids), chunk):
-            out[start:start + chunk] = self.vectors_for(ids[start:start + chunk]) @ query
-        return out
 
-    def vector_of(self, item: StoredItem) -> np.ndarray:
-        return self.vectors_for(np.array([item.id], dtype=np.int64))[0]
+def vector_sync(vectors: VectorStore, encode: Callable[[np.ndarray], np.ndarray]) -> DeltaFollower:
+    """A follower that pushes delta changes into ``vectors``: tombstones and dropped rows are removed, new or
+    changed rows are added (through ``encode``, the generation's compact transform)."""
 
-    def all_ids(self) -> np.ndarray:
-        snap = self.snapshot()
-        return np.concatenate([np.setdiff1d(np.arange(self.base_count, dtype=np.int64), snap.tombstones), snap.ids])
+    def apply(old: DeltaSnapshot | None, new: DeltaSnapshot) -> None:
+        old_ids = old.ids if old is not None else np.zeros(0, np.int64)
+        old_dead = old.tombstones if old is not None else np.zeros(0, np.int64)
+        gone = np.setdiff1d(old_ids, new.ids)
+        vectors.remove(np.concatenate([gone, np.setdiff1d(new.tombstones, old_dead)]))
+        if old is None:
+            changed = np.ones(len(new.ids), dtype=bool)
+        else:
+            before = {int(i): n for n, i in enumerate(old.ids)}
+            changed = np.array([int(i) not in before or not np.array_equal(old.vectors[before[int(i)]], new.vectors[n])
+                                for n, i in enumerate(new.ids)], dtype=bool)
+        if changed.any():
+            vectors.add(encode(new.vectors[changed]), new.ids[changed])
 
-    def search(self, vector: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """ANN over the base (tombstones filtered out) merged with exact search over the delta; best first."""
-        snap = self.snapshot()
-        base_allowed = None if allowed_ids is None else allowed_ids[allowed_ids < self.base_count]
-        scores, ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
-        if self.index.ntotal and (base_allowed is None or len(base_allowed)):
-            fetch = k + len(snap.tombstones)
-            s, i = self.index.search(vector, fetch, allowed_ids=base_allowed)
-            keep = (i[0] >= 0) & ~np.isin(i[0], snap.tombstones)
-            scores, ids = s[0][keep], i[0][keep]
-        if len(snap.ids):
-            delta_mask = np.ones(len(snap.ids), bool) if allowed_ids is None else np.isin(snap.ids, allowed_ids)
-            ds, di = exact_top_k(snap.vectors[delta_mask], snap.ids[delta_mask], vector, k)
-            scores, ids = np.concatenate([scores, ds]), np.concatenate([ids, di])
-        order = np.lexsort((ids, -scores))[:k]
-        return scores[order], ids[order]
+    return apply

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from indexer.catalog import CatalogRow
 
 # The columns of a catalog row, shared by the base catalog and the delta (indexer/delta.py).
@@ -128,6 +130,25 @@ class CatalogStore:
         rows = self._all("SELECT rowid, bm25(items_fts) AS rank FROM items_fts WHERE items_fts MATCH ? "
                          "ORDER BY rank LIMIT ?", (query, limit))
         return [(r["rowid"], -float(r["rank"])) for r in rows]
+
+    def keyword_rowids(self, text: str) -> np.ndarray:
+        """Ids matching the keywords, unranked (no BM25: cheaper when the caller only filters)."""
+        query = fts_query(text)
+        if not query:
+            return np.zeros(0, dtype=np.int64)
+        with self._lock:
+            rows = self._conn.execute("SELECT rowid FROM items_fts WHERE items_fts MATCH ?", (query,))
+            return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def item_id_map(self) -> dict[str, int]:
+        """item_id -> vector id of every row (one scan; the service keeps it in RAM per generation)."""
+        with self._lock:
+            return dict(self._conn.execute("SELECT item_id, id FROM items").fetchall())
+
+    def category_column(self) -> list[str]:
+        """The category of every row, in id order (ids are dense 0..count-1)."""
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT category FROM items ORDER BY id")]
 
     def ids_in_categories(self, categories: Sequence[str]) -> list[int]:
         marks = ",".join("?" * len(categories))

@@ -14,19 +14,20 @@ results are never silently fewer than asked.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from indexer.overfetch import growing
+from indexer.vector_store import MISSING_SCORE, IdFilter
+
 log = logging.getLogger(__name__)
 
 GPU_MAX_K = 2048  # the largest k FAISS GPU indexes answer
 REFINE_K_FACTOR = 4  # a refine wrapper re-ranks this many times k candidates of its base index (saved with it)
 OPQ_ITERATIONS = 10  # FAISS's default 50 retrains PQ 50 times (minutes on 2 cores); gains flatten after ~10
-MISSING_SCORE = np.float32(np.finfo(np.float32).min)  # what FAISS reports for a missing inner-product result
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,6 @@ class IndexSpec:
     def is_ivf(self) -> bool:
         """Whether the factory has an IVF layer anywhere (``IVF..``, ``OPQ..,IVF..``, ``PCA..,IVF..,Refine(..)``)."""
         return any(part.strip().startswith("IVF") for part in self.factory.split(","))
-
-
-def choose_index_spec(count: int, flat_threshold: int = 200_000) -> IndexSpec:
-    """Exact search while it is cheap; an IVF index with about 4*sqrt(N) lists beyond.
-
-    The memory-aware choice with recall tuning is ``indexer.index_choice.choose_index``.
-    """
-    if count <= flat_threshold:
-        return IndexSpec("Flat")
-    nlist = int(min(65536, 2 ** round(math.log2(4 * math.sqrt(count)))))
-    return IndexSpec(f"IVF{nlist},Flat", nprobe=max(8, nlist // 32))
 
 
 def gpu_available() -> bool:
@@ -167,7 +157,7 @@ class VectorIndex:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         return cls(faiss.read_index(str(path), flags), spec)
 
-    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None,
+    def search(self, queries: np.ndarray, k: int, allowed_ids: IdFilter | np.ndarray | None = None,
                nprobe: int | None = None, complete: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query; ids of -1 mark missing results. ``allowed_ids`` restricts the search.
 
@@ -181,44 +171,35 @@ class VectorIndex:
             raise ValueError("k must be at least 1")
         k = min(k, max(self.ntotal, 1))
         nprobe = nprobe or self.spec.nprobe
-        allowed = None if allowed_ids is None else np.unique(np.asarray(allowed_ids, dtype=np.int64))
+        allowed = None if allowed_ids is None else (
+            allowed_ids if isinstance(allowed_ids, IdFilter) else IdFilter.from_ids(allowed_ids))
         want = min(k, self.ntotal if allowed is None else len(allowed))
         ivf = ivf_layer(self.index) if self.spec.is_ivf and not self.on_gpu else None
-        while True:
+        # IVF only looks into nprobe lists: a restrictive filter can leave them short of k results that exist
+        # elsewhere. Probe more lists until k are found or every list was probed.
+        for probes in growing(nprobe, ivf.nlist if complete and ivf is not None else nprobe):
             if allowed is None or self.supports_selector:
-                scores, ids = self._search(self.index, queries, k, nprobe, allowed)
+                scores, ids = self._search(self.index, queries, k, probes, allowed)
             else:
-                scores, ids = self._search_filtered(queries, k, nprobe, allowed)
-            # IVF only looks into nprobe lists: a restrictive filter can leave them short of k results that
-            # exist elsewhere. Probe more lists until k are found or every list was probed.
-            if not complete or ivf is None or nprobe >= ivf.nlist or int((ids >= 0).sum(axis=1).min()) >= want:
-                return scores, ids
-            nprobe = min(ivf.nlist, nprobe * 4)
-
-    @staticmethod
-    def _search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None,
-                allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        keep: list[object] = []
-        selector = None
-        if allowed is not None:
-            selector = faiss.IDSelectorBatch(allowed)
-            keep.append(selector)
-        params = search_parameters(index, nprobe, selector, keep)
-        # faiss.contrib.torch_utils (imported by pytorch-metric-learning) swaps Index.search for a torch-aware
-        # version without ``params`` and keeps FAISS's own as ``search_numpy``: call FAISS's own.
-        search = getattr(index, "search_numpy", index.search)
-        scores, ids = search(queries, k, params=params)
+                scores, ids = self._search_filtered(queries, k, probes, allowed)
+            if int((ids >= 0).sum(axis=1).min()) >= want:
+                break
         return scores, ids
 
+    def _search(self, index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None,
+                allowed: IdFilter | None) -> tuple[np.ndarray, np.ndarray]:
+        keep: list[object] = []
+        selector = None if allowed is None else id_selector(allowed, self.ntotal, keep)
+        return faiss_search(index, queries, k, search_parameters(index, nprobe, selector, keep))
+
     def _search_filtered(self, queries: np.ndarray, k: int, nprobe: int | None,
-                         allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                         allowed: IdFilter) -> tuple[np.ndarray, np.ndarray]:
         """Without a selector: fetch more until every query has k allowed hits or the index has no more."""
         out_scores = np.full((len(queries), k), MISSING_SCORE, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         todo = np.arange(len(queries))
         limit = self.ntotal
-        fetch = min(limit, k * 4)
-        while len(todo):
+        for fetch in growing(k * 4, limit):
             if self.max_fetch is not None and fetch > self.max_fetch:
                 if self.cpu_index is None:
                     raise RuntimeError(f"a filtered search needs more than {self.max_fetch} results per query and "
@@ -227,7 +208,7 @@ class VectorIndex:
                 out_scores[todo], out_ids[todo] = scores, ids
                 break
             scores, ids = self._search(self.index, queries[todo], fetch, nprobe, None)
-            ok = np.isin(ids, allowed) & (ids >= 0)
+            ok = allowed.contains(ids.reshape(-1)).reshape(ids.shape) & (ids >= 0)
             found = ok.sum(axis=1)
             # Done: k allowed hits, or the index returned fewer than asked (nothing more to find), or all asked.
             finished = (found >= k) | ((ids >= 0).sum(axis=1) < fetch) | (fetch >= limit)
@@ -237,8 +218,35 @@ class VectorIndex:
                 out_scores[q, :len(keep_cols)] = scores[row, keep_cols]
                 out_ids[q, :len(keep_cols)] = ids[row, keep_cols]
             todo = todo[~finished]
-            fetch = min(limit, fetch * 4)
+            if not len(todo):
+                break
         return out_scores, out_ids
+
+
+def id_selector(allowed: IdFilter, ntotal: int, keep: list[object]) -> faiss.IDSelector:
+    """A FAISS selector for ``allowed``: a bitmap (O(1) per id) for large sets, a hash set for small ones.
+
+    ``keep`` collects the selector and its buffer; the caller holds it until the search returns.
+    """
+    if allowed.has_mask or len(allowed) * 64 > ntotal:
+        bits = np.packbits(allowed.mask(ntotal), bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        keep.append(bits)
+    else:
+        selector = faiss.IDSelectorBatch(allowed.ids)
+    keep.append(selector)
+    return selector
+
+
+def faiss_search(index: faiss.Index, queries: np.ndarray, k: int,
+                 params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's own search with per-call parameters.
+
+    faiss.contrib.torch_utils (imported by pytorch-metric-learning) swaps Index.search for a torch-aware version
+    without ``params`` and keeps FAISS's own as ``search_numpy``: call FAISS's own.
+    """
+    search = getattr(index, "search_numpy", index.search)
+    return search(queries, k, params=params)
 
 
 def _configure(index: faiss.Index) -> None:
@@ -262,14 +270,3 @@ def _as_matrix(vectors: np.ndarray) -> np.ndarray:
     if vectors.ndim != 2:
         raise ValueError("vectors must be a 2-D array")
     return vectors
-
-
-def exact_top_k(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k of one query among the given (vector, id) pairs, best first."""
-    if len(ids) == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    scores = np.asarray(vectors, dtype=np.float32) @ np.asarray(query, dtype=np.float32).reshape(-1)
-    k = min(k, len(ids))
-    top = np.argpartition(-scores, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
-    order = top[np.lexsort((np.asarray(ids)[top], -scores[top]))]
-    return scores[order], np.asarray(ids, dtype=np.int64)[order]

@@ -68,9 +68,10 @@ def plan_query(options: SearchOptions, settings: Settings, **extra: object) -> P
 
 def ranked_response(settings: Settings, gen: LoadedGeneration, vector: np.ndarray, query: PlanQuery,
                     timings: dict[str, float]) -> SearchResponse:
+    """Plan and run one search; ``vector`` is already in the vector store's space (``gen.encode``)."""
     start = time.perf_counter()
     try:
-        ranked = plan_and_search(gen.catalog, vector, query, exact_threshold=settings.exact_threshold,
+        ranked = plan_and_search(gen.catalog, gen.vectors, vector, query, exact_threshold=settings.exact_threshold,
                                  overfetch=settings.overfetch)
     except PlanError as exc:
         raise ApiError(422, "unplannable", str(exc)) from None
@@ -113,7 +114,7 @@ async def search(request: Request, settings: SettingsDep, state: StateDep, gen: 
     data, options = await read_search_request(request, settings.max_upload_bytes)
     query = plan_query(options, settings)
     timings: dict[str, float] = {}
-    vector = (await embed_uploads(request, state, settings, [data], timings))[0]
+    vector = gen.encode((await embed_uploads(request, state, settings, [data], timings))[0])
     response = await run_in_threadpool(ranked_response, settings, gen, vector, query, timings)
     metrics.observe(timings)
     metrics.searches.labels("search", response.plan).inc()
@@ -138,7 +139,7 @@ async def search_batch(request: Request, settings: SettingsDep, state: StateDep,
         except ApiError as exc:
             raise ApiError(exc.status, exc.code, f"queries[{n}]: {exc.message}") from None
     timings: dict[str, float] = {}
-    vectors = await embed_uploads(request, state, settings, images, timings)
+    vectors = gen.encode(await embed_uploads(request, state, settings, images, timings))
     responses = [await run_in_threadpool(ranked_response, settings, gen, v, q, dict(timings))
                  for v, q in zip(vectors, queries, strict=True)]
     metrics.observe(timings)
@@ -160,7 +161,7 @@ def similar(
     query = plan_query(options, settings, exclude_ids=frozenset({item.id}),
                        exclude_products=frozenset() if options.same_product else frozenset({item.product_id}))
     timings: dict[str, float] = {}
-    response = ranked_response(settings, gen, gen.catalog.vector_of(item), query, timings)
+    response = ranked_response(settings, gen, gen.vectors.vectors([item.id])[0], query, timings)
     metrics.observe(timings)
     metrics.searches.labels("similar", response.plan).inc()
     return response

@@ -8,7 +8,7 @@ import pytest
 
 from indexer import IndexSpec, Manifest, VectorIndex, exact_top_k
 from indexer.index_choice import (
-    IndexBudgetError, build_tuned, choose_index, exact_neighbours, held_out_queries, measure_recall, nlist_for,
+    IndexBudgetError, build_tuned, choose_index, held_out_queries, measure_recall, nlist_for,
 )
 from indexer.vector_index import gpu_available, ivf_layer, to_gpu_if_available
 
@@ -51,7 +51,7 @@ def test_built_index_reaches_target_recall_with_tuned_nprobe(clustered, budget, 
     assert report.recall_at_10 >= 0.95 and report.nprobe == index.spec.nprobe
     assert faiss.downcast_index(ivf_layer(index.index)).nprobe == 1  # tuning never touched the shared index
     queries = held_out_queries(clustered, 300, seed=7)
-    truth = exact_neighbours(clustered, queries)
+    truth = exact_top_k(clustered, queries, 10)[1]
     assert measure_recall(index, queries, truth) >= 0.9  # fresh queries, the tuned default nprobe
     recalls = [measure_recall(index, queries, truth, nprobe) for nprobe in (1, 4, 16, 64)]
     assert recalls == sorted(recalls)  # recall does not fall as nprobe rises
@@ -88,8 +88,8 @@ def test_overfetch_and_filter_when_the_index_cannot_take_a_selector(clustered):
         ref_scores, ref_ids = base.search(query, 10, allowed_ids=allowed)
         assert np.array_equal(ids, ref_ids) and np.allclose(scores, ref_scores)
         for row in range(3):
-            _, exact = exact_top_k(clustered[:5000][np.sort(allowed)], np.sort(allowed), query[row], 10)
-            assert ids[row][ids[row] >= 0].tolist() == exact.tolist()
+            _, exact = exact_top_k(clustered[:5000][np.sort(allowed)], query[row], 10, np.sort(allowed))
+            assert ids[row][ids[row] >= 0].tolist() == exact[0][exact[0] >= 0].tolist()
     # Fewer allowed ids than k: all of them, then -1 (never silently missing ones that exist).
     _, ids = no_selector.search(query, 10, allowed_ids=np.array([7, 4000]))
     assert sorted(ids[0][:2].tolist()) == [7, 4000] and (ids[:, 2:] == -1).all()

@@ -1,18 +1,12 @@
 import numpy as np
 import pytest
 
-from indexer import IndexSpec, VectorIndex, choose_index_spec, exact_top_k
+from indexer import IndexSpec, VectorIndex, exact_top_k
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def test_chooser_is_exact_for_small_and_ivf_for_large():
-    assert choose_index_spec(1000).factory == "Flat"
-    spec = choose_index_spec(4_000_000, flat_threshold=1_000_000)
-    assert spec.is_ivf and spec.nprobe >= 8
 
 
 def test_flat_index_matches_brute_force():
@@ -46,7 +40,8 @@ def test_selector_restricts_results():
         _, ids = index.search(query, 10, allowed_ids=allowed)
         found = ids[0][ids[0] >= 0]
         assert set(found) == set(allowed.tolist())
-        exact_scores, exact_ids = exact_top_k(base[allowed], allowed, query[0], 10)
+        _, exact_ids = exact_top_k(base[allowed], query, 10, allowed)
+        exact_ids = exact_ids[0][exact_ids[0] >= 0]
         assert list(found) == list(exact_ids)
 
 
@@ -58,9 +53,11 @@ def test_dimension_mismatch_is_an_error():
 
 def test_exact_top_k_orders_by_score_then_id():
     vectors = np.array([[1, 0], [0, 1], [1, 0], [0.5, 0.5]], dtype=np.float32)
-    scores, ids = exact_top_k(vectors, np.array([10, 11, 12, 13]), np.array([1, 0], np.float32), 3)
-    assert list(ids) == [10, 12, 13]
-    assert list(scores) == [1.0, 1.0, 0.5]
+    scores, ids = exact_top_k(vectors, np.array([1, 0], np.float32), 3, np.array([10, 11, 12, 13]))
+    assert list(ids[0]) == [10, 12, 13]
+    assert list(scores[0]) == [1.0, 1.0, 0.5]
+    scores, ids = exact_top_k(vectors, np.array([[1, 0], [0, 1]], np.float32), 6)  # fewer than k: -1 padded
+    assert ids.tolist() == [[0, 2, 3, 1, -1, -1], [1, 3, 0, 2, -1, -1]]
 
 
 def test_ivf_probes_more_lists_when_a_filter_leaves_the_probed_ones_short():
@@ -70,5 +67,5 @@ def test_ivf_probes_more_lists_when_a_filter_leaves_the_probed_ones_short():
     far = np.argsort(base @ query[0])[:20].astype(np.int64)
     scores, ids = index.search(query, 10, allowed_ids=far)
     assert (ids[0] >= 0).all()
-    _, exact_ids = exact_top_k(base[far], far, query[0], 10)
-    assert list(ids[0]) == list(exact_ids)
+    _, exact_ids = exact_top_k(base[far], query, 10, far)
+    assert list(ids[0]) == list(exact_ids[0])
