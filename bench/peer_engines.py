@@ -78,8 +78,9 @@ class Lookalike(Engine):
 
         from app.settings import Settings
         from indexer import CatalogRow, CatalogStore
-        from indexer.index_choice import build_tuned, choose_index
-        from indexer.live import LiveCatalog
+        from indexer.faiss_store import build_store
+        from indexer.index_choice import choose_index
+        from indexer.live import LiveCatalog, vector_sync
         from indexer.store import create_store
 
         n, dim = vectors.shape
@@ -90,11 +91,11 @@ class Lookalike(Engine):
         base = np.load(work_dir / "vectors.npy", mmap_mode="r")
         faiss.omp_set_num_threads(self.build_threads)
         self.plan = choose_index(n, dim)
-        index, self.report = build_tuned(base, self.plan)
+        self.store, self.report = build_store(base, self.plan)
         faiss.omp_set_num_threads(1)
-        self.index_bytes = len(faiss.serialize_index(index.index))
         self.files = work_dir
-        self.catalog = LiveCatalog(work_dir, CatalogStore(work_dir / "catalog.db"), base, index)
+        self.catalog = LiveCatalog(work_dir, CatalogStore(work_dir / "catalog.db"), n, dim)
+        self.catalog.follow(vector_sync(self.store, lambda v: v))
         self.settings_ = Settings()
         self.last_plan = ""
         self._item_ids: dict[int, list[str]] = {}
@@ -111,7 +112,7 @@ class Lookalike(Engine):
             q = Query(k=k, group=False, categories=[work.category])
         else:
             q = Query(k=k, group=False)
-        ranked = plan_and_search(self.catalog, query, q, exact_threshold=self.settings_.exact_threshold,
+        ranked = plan_and_search(self.catalog, self.store, query, q, exact_threshold=self.settings_.exact_threshold,
                                  overfetch=self.settings_.overfetch)
         self.last_plan = ranked.plan
         return np.array([item.id for item, _ in ranked.hits], dtype=np.int64)
@@ -121,8 +122,8 @@ class Lookalike(Engine):
         return f"{self.plan.spec.factory}{nprobe}, planner: {self.last_plan}"
 
     def memory_bytes(self) -> int:
-        """The index, plus the vectors and catalog files the planner reads (exact scoring gathers vectors.npy)."""
-        return self.index_bytes + dir_bytes(self.files)
+        """The vector store (flat codes, index, changes) plus the catalog database the planner reads."""
+        return self.store.memory_bytes + (self.files / "catalog.db").stat().st_size
 
     def close(self) -> None:
         self.catalog.close()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from indexer.catalog import CatalogError, read_catalog
 from indexer.extract import DedupPlan, EmbedFn, ImageReadError, content_hash, extract_to_shards, hash_images
-from indexer.faiss_store import FaissCpuStore, build_flat
+from indexer.faiss_store import build_store
 from indexer.generations import MANIFEST, Manifest, new_generation_dir, prune_generations, publish, write_json_atomic
-from indexer.index_choice import TARGET_RECALL, build_tuned, choose_index
+from indexer.index_choice import TARGET_RECALL, choose_index
 from indexer.shards import DEFAULT_SHARD_SIZE
 from indexer.store import create_store
 from indexer.vector_index import gpu_available
@@ -87,11 +87,7 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, *, check
         index_plan = choose_index(len(rows), embedder.dim, flat_threshold=flat_threshold,
                                   memory_budget_bytes=memory_budget_bytes)
         log.info("index choice: %s (%s)", index_plan.spec.factory, index_plan.reason)
-        index, report = build_tuned(vectors, index_plan, target=target_recall)
-        if index_plan.kind == "flat":
-            vector_store = FaissCpuStore.from_parts(index.index, None)
-        else:
-            vector_store = FaissCpuStore.from_parts(build_flat(vectors, "float32"), index)
+        vector_store, report = build_store(vectors, index_plan, target=target_recall)
         vector_store.save(gen_dir / VECTOR_STORE)
         del vectors
         timings["index"] = time.perf_counter() - start
@@ -99,8 +95,8 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, *, check
         manifest = Manifest(
             generation=gen_dir.name, created_at=datetime.now(UTC).isoformat(), model_id=embedder.model_id,
             model_config_json=embedder.model.config.model_dump(), checkpoint=checkpoint, dim=embedder.dim,
-            count=len(rows), unique_images=len(plan.unique_rows), index_factory=index.spec.factory,
-            nprobe=index.spec.nprobe, catalog=str(Path(catalog).resolve()), catalog_sha256=content_hash(Path(catalog)),
+            count=len(rows), unique_images=len(plan.unique_rows), index_factory=vector_store.spec.factory,
+            nprobe=vector_store.spec.nprobe, catalog=str(Path(catalog).resolve()), catalog_sha256=content_hash(Path(catalog)),
             seconds={k: round(v, 3) for k, v in timings.items()}, recall_at_10=report.recall_at_10,
             index_memory_bytes=report.memory_bytes, index_build_seconds=report.build_seconds,
             index_kind=report.kind, index_device="cuda" if gpu_available() else "cpu",

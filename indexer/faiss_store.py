@@ -32,6 +32,7 @@ import faiss
 import numpy as np
 
 from indexer.exact import exact_top_k
+from indexer.index_choice import TARGET_RECALL, IndexPlan, IndexReport, build_tuned
 from indexer.vector_index import IndexSpec, VectorIndex, faiss_search, id_selector, ivf_layer
 from indexer.vector_store import BaseVectorStore, IdFilter, SearchParams, empty_result, merge_top_k
 
@@ -283,6 +284,16 @@ class FaissCpuStore(BaseVectorStore):
     def from_parts(cls, flat: faiss.Index, index: VectorIndex | None, *, index_file_bytes: int = 0) -> Self:
         """A store over an existing flat store and ANN index (None: exact search over ``flat``)."""
         return cls(flat, index, index_file_bytes=index_file_bytes)
+
+
+def build_store(vectors: np.ndarray, plan: IndexPlan, *, target: float = TARGET_RECALL, code: str = "float32",
+                queries: int = 500) -> tuple[FaissCpuStore, IndexReport]:
+    """Build ``plan``'s index over ``vectors`` tuned to ``target`` recall@10, beside the flat ``code`` store."""
+    index, report = build_tuned(vectors, plan, target=target, queries=queries)
+    if plan.kind == "flat" and code == "float32":
+        return FaissCpuStore.from_parts(index.index, None), report
+    flat = build_flat(vectors, code)
+    return FaissCpuStore.from_parts(flat, None if plan.kind == "flat" else index), report
 
 
 class FaissGpuStore(FaissCpuStore):

@@ -12,28 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.faiss_store import FaissCpuStore, FaissGpuStore, build_flat
-from indexer.index_choice import IndexPlan, build_tuned
+from indexer.faiss_store import FaissGpuStore, build_store
+from indexer.index_choice import IndexPlan
 from indexer.vector_index import IndexSpec
 from indexer.vector_store import VectorStore
 
 
-def _faiss_parts(vectors: np.ndarray, spec: IndexSpec):
-    """The flat store and (for an ANN spec) the index tuned to recall@10 >= 0.95 by measurement."""
-    flat = build_flat(vectors, "float32")
-    if spec.factory == "Flat":
-        return flat, None
-    index, _ = build_tuned(vectors, IndexPlan(spec, "ivf_flat", 0, "test"), queries=200)
-    return flat, index
+def _plan(spec: IndexSpec) -> IndexPlan:
+    return IndexPlan(spec, "flat" if spec.factory == "Flat" else "ivf_flat", 0, "test")
 
 
 def faiss_cpu(vectors: np.ndarray, spec: IndexSpec, tmp: Path) -> VectorStore:
-    return FaissCpuStore.from_parts(*_faiss_parts(vectors, spec))
+    """FaissCpuStore with ``spec``'s index tuned to recall@10 >= 0.95 by measurement."""
+    return build_store(vectors, _plan(spec), queries=200)[0]
 
 
 def faiss_gpu(vectors: np.ndarray, spec: IndexSpec, tmp: Path) -> VectorStore:
     """FaissGpuStore; where FAISS sees no GPU it runs its selector-less over-fetch path on the CPU index."""
-    return FaissGpuStore.from_parts(*_faiss_parts(vectors, spec))
+    store = build_store(vectors, _plan(spec), queries=200)[0]
+    return FaissGpuStore.from_parts(store.flat, store.index if store.separate_index else None)
 
 
 BACKENDS = [pytest.param(faiss_cpu, id="faiss-cpu"), pytest.param(faiss_gpu, id="faiss-gpu")]
