@@ -19,6 +19,9 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY indexer ./indexer
 COPY app ./app
+COPY cli ./cli
+COPY demo ./demo
+COPY training ./training
 RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 1000 lookalike \
     && mkdir -p /data \

@@ -14,7 +14,7 @@ $(BIN)/python:
 # pip takes torch/torchvision from the machine's wheel cache when it has them (see README); the ray extra lets
 # the tests run the Ray Data engine on a local Ray, the milvus extra the vector-store contract on milvus-lite.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[test,ray,milvus]'
+	$(BIN)/pip install -e '.[test,ray,milvus,train]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,7 +42,7 @@ test: install $(DEMO_DATA) $(CHROMIUM)
 
 lint: install
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/ruff check --select E9,F app models indexer bench tests
+	$(BIN)/ruff check --select E9,F app cli demo models training indexer bench tests
 
 bench-quality: demo
 	$(BIN)/python bench/demo_quality.py

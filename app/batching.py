@@ -8,7 +8,6 @@ forward each. The forward runs in a worker thread, so the event loop keeps servi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -149,12 +148,3 @@ class MicroBatcher:
             del self.stats.sizes[: len(self.stats.sizes) - self._keep_sizes]
         return out
 
-
-@contextlib.asynccontextmanager
-async def micro_batcher(forward: Forward, **kwargs: float | int):  # type: ignore[no-untyped-def]
-    """``async with micro_batcher(fn) as b:`` for lifespans and scripts; closes cleanly on exit."""
-    batcher = MicroBatcher(forward, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield batcher
-    finally:
-        await batcher.aclose()

@@ -13,7 +13,7 @@ import torch
 
 from indexer import CatalogStore, GenerationError, Manifest, current_generation, read_manifest
 from indexer.backends import open_vector_store
-from indexer.build import CATALOG_DB
+from indexer.generations import CATALOG_DB
 from indexer.generations import generations_dir
 from indexer.live import LiveCatalog, vector_sync
 from indexer.vector_store import VectorStore
@@ -61,7 +61,7 @@ def embedder_for(manifest: Manifest, device: str) -> Embedder:
     if manifest.checkpoint:
         model = build_model(checkpoint=manifest.checkpoint)
     else:
-        model = build_model(ModelConfig.model_validate(manifest.model_config_json))
+        model = build_model(ModelConfig.model_validate(manifest.embedding_config))
     return Embedder(model, device=device)
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from indexer.build import BuildOptions
+from indexer.index_choice import DEFAULT_FLAT_THRESHOLD
 
 
 class Settings(BaseSettings):
@@ -35,7 +39,7 @@ class Settings(BaseSettings):
     overfetch: int = Field(default=4, ge=1, description="images fetched per wanted product when grouping")
 
     # indexing
-    flat_threshold: int = Field(default=1_000_000, ge=1, description="exact Flat index up to this many vectors")
+    flat_threshold: int = Field(default=DEFAULT_FLAT_THRESHOLD, ge=1, description="exact Flat index up to this many vectors")
     batch_size: int = Field(default=64, ge=1)
     workers: int = Field(default=2, ge=0)
     keep_generations: int = Field(default=3, ge=1)
@@ -51,3 +55,10 @@ class Settings(BaseSettings):
                                 description="auto: on for a GPU, off on the CPU (where batching measured slower)")
     batch_window_ms: float = Field(default=3.0, ge=0, description="micro-batching window for concurrent queries")
     max_batch_size: int = Field(default=16, ge=1)
+
+    def build_options(self, **overrides: Any) -> BuildOptions:
+        """The re-index job's options from these settings; ``overrides`` set per-run choices (CLI flags)."""
+        fields: dict[str, Any] = {"checkpoint": self.checkpoint, "flat_threshold": self.flat_threshold,
+                                  "batch_size": self.batch_size, "workers": self.workers,
+                                  "keep": self.keep_generations}
+        return BuildOptions(**{**fields, **overrides})

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from indexer.exact import exact_top_k  # noqa: E402
 from indexer.generations import current_generation, generations_dir  # noqa: E402
 from indexer.index_choice import (  # noqa: E402
-    DEFAULT_FLAT_THRESHOLD, IndexPlan, build_tuned, choose_index, estimate_memory, recall_at_k,
+    DEFAULT_FLAT_THRESHOLD, IndexChoice, build_tuned, choose_index, estimate_memory, recall_at_k,
 )
 
 
@@ -93,7 +93,7 @@ def main() -> None:
         truth = exact_top_k(base, queries, 10)[1]
         exact_s = time.perf_counter() - start
         picked = choose_index(n, dim)
-        plans: list[tuple[str, IndexPlan]] = []
+        plans: list[tuple[str, IndexChoice]] = []
         if "flat" in kinds:
             plans.append(("flat", choose_index(n, dim, flat_threshold=n)))
         if "ivf" in kinds:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from indexer import CatalogStore, current_generation, read_catalog, read_manifest
-from indexer.build import CATALOG_DB, VECTORS
+from indexer.generations import CATALOG_DB, VECTORS
 from indexer.generations import generations_dir
 from indexer.extract import extract_embeddings
 from models import Embedder, ModelConfig, build_model

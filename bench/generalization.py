@@ -27,9 +27,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from indexer.catalog import read_catalog
-from models.datasets import Sample, drop_small_products, split_by_category, split_by_product
+from training.datasets import Sample, drop_small_products, split_by_category, split_by_product
 from models.embedding import EmbeddingNet, ModelConfig
-from models.train import TrainConfig, evaluate, train
+from training.train import TrainConfig, evaluate, train
 
 DEFAULT_TEST_CATEGORIES = "Bedroom,Lights,Vehicles,Characters"
 SCRATCH = {"efficientnet_lite0": False, "resnet18": True}  # which backbones start from random weights

@@ -81,7 +81,7 @@ class Lookalike(Engine):
         from indexer.faiss_store import build_store
         from indexer.index_choice import choose_index
         from indexer.live import LiveCatalog, vector_sync
-        from indexer.store import create_store
+        from indexer.catalog_store import create_store
 
         n, dim = vectors.shape
         rows = [CatalogRow(item_id=f"i{i}", product_id=f"p{i}", image=Path(f"/x/{i}.jpg"), category=str(c))

@@ -289,7 +289,7 @@ def main() -> None:
         assert gen is not None
         manifest = read_manifest(generations_dir(data_dir) / gen)
         print(f"generation {gen} of {data_dir}: {manifest.count} images, {manifest.index_factory}, "
-              f"model {manifest.model_id} ({manifest.model_config_json.get('image_size')} px)")
+              f"model {manifest.model_id} ({manifest.embedding_config.get('image_size')} px)")
 
         embedder = embedder_for(manifest, "cpu")
         photos = query_photos(data_dir, args.demo_dir)

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from app.cli_train import SPLIT_FILE, make_split
+from training.splits import SPLIT_FILE, make_split
 from indexer.catalog import read_catalog
-from models.datasets import ProductSplit, Sample
+from training.datasets import ProductSplit, Sample
 from models.embedding import EmbeddingNet, ModelConfig
-from models.losses import available_losses
-from models.train import TrainConfig, evaluate, train
+from training.losses import available_losses
+from training.train import TrainConfig, evaluate, train
 
 ALL_LOSSES = ("multi_similarity", "triplet", "proxy_anchor", "normsoftmax", "arcface")
 

@@ -3,7 +3,7 @@
 from indexer.build import build_generation
 from indexer.catalog import CatalogError, CatalogRow, read_catalog
 from indexer.generations import GenerationError, Manifest, current_generation, list_generations, publish, read_manifest
-from indexer.store import CatalogStore, StoredItem
+from indexer.catalog_store import CatalogStore, StoredItem
 from indexer.exact import exact_top_k
 from indexer.vector_index import IndexSpec, VectorIndex
 from indexer.vector_store import IdFilter, SearchParams, VectorStore

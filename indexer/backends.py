@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.build import INDEX, VECTOR_STORE, VECTORS
+from indexer.generations import INDEX, VECTOR_STORE, VECTORS
 from indexer.faiss_store import FaissCpuStore, FaissGpuStore, build_flat
 from indexer.generations import Manifest
 from indexer.vector_index import IndexSpec, VectorIndex, gpu_available

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.catalog import CatalogRow
-from indexer.store import ITEM_COLUMNS, StoredItem, fts_query, row_digest
+from indexer.catalog_store import ITEM_COLUMNS, StoredItem, fts_query, row_digest
 
 DELTA_DB = "delta.db"
 SCHEMA = f"""
@@ -49,7 +49,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class DeltaStore:
+class DeltaLog:
     """Read and write one generation's delta. Writes are transactions; readers take snapshots."""
 
     def __init__(self, generation_dir: Path, base_count: int, dim: int) -> None:
@@ -109,7 +109,7 @@ class DeltaStore:
         return dropped
 
     def fingerprints(self) -> dict[str, str]:
-        """item_id -> row digest of the live delta rows (see indexer.store.row_digest)."""
+        """item_id -> row digest of the live delta rows (see indexer.catalog_store.row_digest)."""
         rows = self._conn.execute("SELECT item_id, product_id, title, category, description, content_hash, attributes "
                                   "FROM delta_items").fetchall()
         return {r[0]: row_digest(*r[1:]) for r in rows}

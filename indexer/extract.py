@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from indexer.shards import DEFAULT_SHARD_SIZE, ShardStore
+from indexer.shards import DEFAULT_SHARD_SIZE, ShardSet
 from models import Embedder, ImageRejected, load_image
 from models.preprocess import DEFAULT_MAX_PIXELS
 
@@ -71,7 +71,7 @@ def hash_images(paths: Sequence[Path], threads: int = 8) -> list[str]:
 
 
 @dataclass(frozen=True)
-class DedupPlan:
+class DedupMap:
     """Rows of a catalog mapped onto its distinct images (first occurrence order)."""
 
     hashes: list[str]             # content hash of every row
@@ -83,7 +83,7 @@ class DedupPlan:
         return [self.hashes[i] for i in self.unique_rows]
 
     @classmethod
-    def from_hashes(cls, hashes: Sequence[str]) -> DedupPlan:
+    def from_hashes(cls, hashes: Sequence[str]) -> DedupMap:
         first: dict[str, int] = {}
         for i, h in enumerate(hashes):
             first.setdefault(h, i)
@@ -245,7 +245,7 @@ def extract_deduplicated(paths: Sequence[Path], embedder: Embedder, hashes: Sequ
 
     ``hashes`` are the files' content hashes when the caller has them already (else they are computed here).
     """
-    plan = DedupPlan.from_hashes(hash_images(paths) if hashes is None else hashes)
+    plan = DedupMap.from_hashes(hash_images(paths) if hashes is None else hashes)
     try:
         unique_vectors = extract_embeddings([paths[i] for i in plan.unique_rows], embedder, **kwargs)  # type: ignore[arg-type]
     except ImageReadError as exc:
@@ -257,14 +257,14 @@ def extract_deduplicated(paths: Sequence[Path], embedder: Embedder, hashes: Sequ
 
 def extract_to_shards(paths: Sequence[Path], unique_hashes: Sequence[str], embedder: Embedder, work_root: Path, *,
                       shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 64, workers: int = 2,
-                      progress: bool = True, embed: EmbedFn | None = None, decoder: str = "auto") -> ShardStore:
+                      progress: bool = True, embed: EmbedFn | None = None, decoder: str = "auto") -> ShardSet:
     """Embed distinct images (``paths[i]`` has content ``unique_hashes[i]``) into resumable shards.
 
     Shards already on disk are skipped, so a killed job picks up where it stopped; every batch stays within
     one shard, and a shard is written (atomically) as soon as its last batch is embedded.
     An undecodable image raises ImageReadError with its position in ``paths``.
     """
-    store = ShardStore.open(work_root, embedder.model_id, embedder.dim, unique_hashes, shard_size)
+    store = ShardSet.open(work_root, embedder.model_id, embedder.dim, unique_hashes, shard_size)
     missing = store.missing()
     if not missing:
         return store

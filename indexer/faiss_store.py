@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 
 from indexer.exact import exact_top_k
-from indexer.index_choice import TARGET_RECALL, IndexPlan, IndexReport, build_tuned
+from indexer.index_choice import TARGET_RECALL, IndexChoice, IndexReport, build_tuned
 from indexer.vector_index import IndexSpec, VectorIndex, faiss_search, id_selector, ivf_layer
 from indexer.vector_store import BaseVectorStore, IdFilter, SearchParams, empty_result, merge_top_k
 
@@ -286,7 +286,7 @@ class FaissCpuStore(BaseVectorStore):
         return cls(flat, index, index_file_bytes=index_file_bytes)
 
 
-def build_store(vectors: np.ndarray, plan: IndexPlan, *, target: float = TARGET_RECALL, code: str = "float32",
+def build_store(vectors: np.ndarray, plan: IndexChoice, *, target: float = TARGET_RECALL, code: str = "float32",
                 queries: int = 500) -> tuple[FaissCpuStore, IndexReport]:
     """Build ``plan``'s index over ``vectors`` tuned to ``target`` recall@10, beside the flat ``code`` store."""
     index, report = build_tuned(vectors, plan, target=target, queries=queries)

@@ -7,17 +7,23 @@ old or the new name, never a half-written file. A build writes a new directory b
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel, Field
+from models.atomic import write_text_atomic
 
 POINTER = "CURRENT"
-MANIFEST = "manifest.json"
 PREFIX = "gen-"
+WORK = "work"  # data_dir/work: resumable extraction shards of the job in progress
+
+# The files of one generation directory.
+MANIFEST = "manifest.json"
+CATALOG_DB = "catalog.db"
+VECTORS = "vectors.npy"
+VECTOR_STORE = "store"  # the FAISS vector store's directory (flat codes, ANN index, store.json)
+INDEX = "index.faiss"  # generations made before the vector store; now inside VECTOR_STORE
 
 
 class GenerationError(RuntimeError):
@@ -30,7 +36,8 @@ class Manifest(BaseModel):
     generation: str
     created_at: str
     model_id: str
-    model_config_json: dict[str, Any]
+    # the embedding network's ModelConfig as a dict (older manifests call it model_config_json)
+    embedding_config: dict[str, Any] = Field(validation_alias=AliasChoices("embedding_config", "model_config_json"))
     checkpoint: str | None = None
     dim: int
     count: int
@@ -71,19 +78,11 @@ def new_generation_dir(data_dir: Path) -> Path:
     return path
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def publish(data_dir: Path, generation: str) -> None:
     """Make ``generation`` the served one, atomically."""
     if not (generations_dir(data_dir) / generation / MANIFEST).is_file():
         raise GenerationError(f"generation {generation} is incomplete (no manifest)")
-    tmp = data_dir / (POINTER + ".tmp")
-    tmp.write_text(generation + "\n")
-    os.replace(tmp, data_dir / POINTER)
+    write_text_atomic(data_dir / POINTER, generation + "\n")
 
 
 def current_generation(data_dir: Path) -> str | None:

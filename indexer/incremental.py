@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.build import CATALOG_DB, VECTORS
+from indexer.generations import CATALOG_DB, VECTORS
 from indexer.catalog import CatalogError, read_catalog
-from indexer.delta import DeltaStore
+from indexer.delta import DeltaLog
 from indexer.extract import ImageReadError, extract_deduplicated, hash_images
 from indexer.generations import GenerationError, current_generation, generations_dir, read_manifest
-from indexer.store import CatalogStore, row_digest
+from indexer.catalog_store import CatalogStore, row_digest
 from models import Embedder
 
 
@@ -43,7 +43,7 @@ def apply_incremental(catalog: Path, data_dir: Path, embedder: Embedder, *, batc
         raise GenerationError(f"{name} was built by {manifest.model_id}, not {embedder.model_id}: run a full rebuild")
     store = CatalogStore(gen_dir / CATALOG_DB)
     base_count = int(np.load(gen_dir / VECTORS, mmap_mode="r").shape[0])
-    delta = DeltaStore(gen_dir, base_count, manifest.dim)
+    delta = DeltaLog(gen_dir, base_count, manifest.dim)
     try:
         base = store.fingerprints()
         tombstones = delta.tombstoned()

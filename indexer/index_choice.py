@@ -37,7 +37,7 @@ class IndexBudgetError(ValueError):
 
 
 @dataclass(frozen=True)
-class IndexPlan:
+class IndexChoice:
     """The chosen index, why, and what it should cost in memory."""
 
     spec: IndexSpec
@@ -95,7 +95,7 @@ def estimate_memory(kind: str, count: int, dim: int, nlist: int = 0) -> int:
 
 
 def choose_index(count: int, dim: int, *, flat_threshold: int = DEFAULT_FLAT_THRESHOLD,
-                 memory_budget_bytes: int | None = None, refine: str = "SQ8") -> IndexPlan:
+                 memory_budget_bytes: int | None = None, refine: str = "SQ8") -> IndexChoice:
     """The cheapest index that keeps recall high for ``count`` vectors of ``dim`` within the memory budget.
 
     ``refine`` is the re-ranking codec when the budget forces PQ codes: ``SQ8`` (d bytes a vector, recall close
@@ -105,14 +105,14 @@ def choose_index(count: int, dim: int, *, flat_threshold: int = DEFAULT_FLAT_THR
     budget = memory_budget_bytes if memory_budget_bytes is not None else math.inf
     flat = estimate_memory("flat", count, dim)
     if count <= flat_threshold and flat <= budget:
-        return IndexPlan(IndexSpec("Flat"), "flat", flat, f"{count} <= {flat_threshold} vectors: exact search")
+        return IndexChoice(IndexSpec("Flat"), "flat", flat, f"{count} <= {flat_threshold} vectors: exact search")
     nlist = nlist_for(count)
     prefix = _ivf_prefix(nlist)
     nprobe = max(1, min(nlist, max(8, nlist // 32)))  # a starting point; the build tunes it
     ivf_kind = "ivf_hnsw_flat" if nlist >= HNSW_QUANTIZER_NLIST else "ivf_flat"
     ivf = estimate_memory(ivf_kind, count, dim, nlist)
     if ivf <= budget:
-        return IndexPlan(IndexSpec(f"{prefix},Flat", nprobe), ivf_kind, ivf,
+        return IndexChoice(IndexSpec(f"{prefix},Flat", nprobe), ivf_kind, ivf,
                          f"{count} vectors: IVF over full vectors fits {_gb(ivf)} within {_gb(budget)}")
     m = pq_size(dim)
     refine_kinds = {"Flat": "opq_ivf_pq_rflat", "SQ8": "opq_ivf_pq_rsq8"}
@@ -122,7 +122,7 @@ def choose_index(count: int, dim: int, *, flat_threshold: int = DEFAULT_FLAT_THR
     for kind, suffix in tiers:
         need = estimate_memory(kind, count, dim, nlist)
         if need <= budget:
-            return IndexPlan(IndexSpec(f"OPQ{m}_{dim},{prefix},PQ{m}x8np{suffix}", nprobe), kind, need,
+            return IndexChoice(IndexSpec(f"OPQ{m}_{dim},{prefix},PQ{m}x8np{suffix}", nprobe), kind, need,
                              f"{count} vectors: full vectors need {_gb(ivf)} > budget {_gb(budget)}; "
                              f"PQ{m} codes{' + ' + suffix[1:] if suffix else ''} need {_gb(need)}")
     smallest = estimate_memory("opq_ivf_pq", count, dim, nlist)
@@ -181,7 +181,7 @@ def tune_nprobe(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, *, s
     return high, high_recall
 
 
-def build_tuned(vectors: np.ndarray, plan: IndexPlan, *, target: float = TARGET_RECALL, queries: int = 500,
+def build_tuned(vectors: np.ndarray, plan: IndexChoice, *, target: float = TARGET_RECALL, queries: int = 500,
                 train_sample: int = 256 * 1024, seed: int = 0) -> tuple[VectorIndex, IndexReport]:
     """Build ``plan``'s index, measure recall@10 against exact search and tune nprobe to ``target``.
 

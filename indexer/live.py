@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.delta import DeltaSnapshot, DeltaStore
-from indexer.store import CatalogStore, StoredItem
+from indexer.delta import DeltaSnapshot, DeltaLog
+from indexer.catalog_store import CatalogStore, StoredItem
 from indexer.vector_store import VectorStore
 
 DeltaFollower = Callable[[DeltaSnapshot | None, DeltaSnapshot], None]
@@ -44,7 +44,7 @@ class LiveCatalog:
     def __init__(self, generation_dir: Path, store: CatalogStore, base_count: int, dim: int) -> None:
         self.store = store
         self.base_count = int(base_count)
-        self.delta = DeltaStore(generation_dir, self.base_count, dim)
+        self.delta = DeltaLog(generation_dir, self.base_count, dim)
         self._lock = threading.Lock()
         self._followers: list[DeltaFollower] = []
         self._view = self._make_view(self.delta.snapshot())

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from indexer.extract import ImageReadError, extract_embeddings
-from indexer.shards import DEFAULT_SHARD_SIZE, ShardPlan, ShardStore
+from indexer.shards import DEFAULT_SHARD_SIZE, ShardLayout, ShardSet
 from models import Embedder
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class ShardEmbedder:
 
     def __init__(self, embedder: Embedder, work_path: str, plan: dict[str, Any], batch_size: int) -> None:
         self.embedder = embedder
-        self.store = ShardStore(Path(work_path), ShardPlan(**plan))
+        self.store = ShardSet(Path(work_path), ShardLayout(**plan))
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,7 +60,7 @@ class ShardEmbedder:
 
 def extract_to_shards_ray(paths: Sequence[Path], unique_hashes: Sequence[str], embedder: Embedder, work_root: Path, *,
                           shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 64, actors: int = 1,
-                          num_cpus: float = 1.0, num_gpus: float = 0.0) -> ShardStore:
+                          num_cpus: float = 1.0, num_gpus: float = 0.0) -> ShardSet:
     """Embed distinct images into shards with Ray Data (``ray.init()`` is called when no Ray is running).
 
     An undecodable image raises ImageReadError with its position in ``paths`` after the other shards finish.
@@ -70,7 +70,7 @@ def extract_to_shards_ray(paths: Sequence[Path], unique_hashes: Sequence[str], e
         import ray.data
     except ImportError:
         raise RayUnavailable("the ray engine needs Ray: pip install 'lookalike[ray]'") from None
-    store = ShardStore.open(work_root, embedder.model_id, embedder.dim, unique_hashes, shard_size)
+    store = ShardSet.open(work_root, embedder.model_id, embedder.dim, unique_hashes, shard_size)
     missing = store.missing()
     if not missing:
         return store

@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from models.atomic import atomic_path, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def job_key(model_id: str, unique_hashes: Sequence[str]) -> str:
 
 
 @dataclass(frozen=True)
-class ShardPlan:
+class ShardLayout:
     """What a work directory will hold once complete; written once, checked on every resume."""
 
     key: str
@@ -64,16 +64,16 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.npz"
 
 
-class ShardStore:
+class ShardSet:
     """One job's work directory: which shards are done, writing a shard atomically, reading them back."""
 
-    def __init__(self, path: Path, plan: ShardPlan) -> None:
+    def __init__(self, path: Path, plan: ShardLayout) -> None:
         self.path = path
         self.plan = plan
 
     @classmethod
     def open(cls, work_root: Path, model_id: str, dim: int, unique_hashes: Sequence[str],
-             shard_size: int = DEFAULT_SHARD_SIZE) -> ShardStore:
+             shard_size: int = DEFAULT_SHARD_SIZE) -> ShardSet:
         """Open (or create) the work directory of this job; an existing plan wins over ``shard_size``."""
         if shard_size < 1:
             raise ValueError("shard_size must be at least 1")
@@ -82,27 +82,20 @@ class ShardStore:
         path.mkdir(parents=True, exist_ok=True)
         manifest = path / SHARD_MANIFEST
         if manifest.is_file():
-            plan = ShardPlan(**json.loads(manifest.read_text()))
+            plan = ShardLayout(**json.loads(manifest.read_text()))
             if (plan.key, plan.model_id, plan.dim, plan.total) != (key, model_id, dim, len(unique_hashes)):
                 raise ShardError(f"{path} holds another job ({plan}); remove it to start over")
             log.info("resuming extraction in %s", path)
         else:
-            plan = ShardPlan(key=key, model_id=model_id, dim=dim, total=len(unique_hashes), shard_size=shard_size)
-            _write_atomic(manifest, json.dumps(asdict(plan), indent=2).encode())
+            plan = ShardLayout(key=key, model_id=model_id, dim=dim, total=len(unique_hashes), shard_size=shard_size)
+            write_bytes_atomic(manifest, json.dumps(asdict(plan), indent=2).encode())
         return cls(path, plan)
 
     def shard_path(self, shard: int) -> Path:
         return self.path / shard_name(shard)
 
-    def done(self) -> list[int]:
-        return [i for i in range(self.plan.shard_count) if self.shard_path(i).is_file()]
-
     def missing(self) -> list[int]:
         return [i for i in range(self.plan.shard_count) if not self.shard_path(i).is_file()]
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing()
 
     def write(self, shard: int, vectors: np.ndarray, hashes: Sequence[str]) -> Path:
         """Write one finished shard atomically; an existing shard is kept as it is (never rewritten)."""
@@ -113,12 +106,8 @@ class ShardStore:
         target = self.shard_path(shard)
         if target.exists():
             return target
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as handle:
+        with atomic_path(target, fsync=True) as tmp, tmp.open("wb") as handle:
             np.savez(handle, vectors=vectors, hashes=np.asarray(list(hashes), dtype="U64"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
         return target
 
     def read(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,24 +135,19 @@ class ShardStore:
         and a crash leaves no half-written vectors.npy. Returns the result opened read-only (memory-mapped).
         """
         row_to_unique = np.asarray(row_to_unique, dtype=np.int64)
-        tmp = out_path.with_name(out_path.name + ".tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(row_to_unique), self.plan.dim))
-        order = np.argsort(row_to_unique, kind="stable")
-        sorted_unique = row_to_unique[order]
-        for start, vectors in self.iter_shards(expected_hashes):
-            lo, hi = np.searchsorted(sorted_unique, [start, start + len(vectors)])
-            rows = order[lo:hi]
-            out[rows] = vectors[row_to_unique[rows] - start]
-        out.flush()
-        del out
-        os.replace(tmp, out_path)
+        with atomic_path(out_path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                            shape=(len(row_to_unique), self.plan.dim))
+            order = np.argsort(row_to_unique, kind="stable")
+            sorted_unique = row_to_unique[order]
+            for start, vectors in self.iter_shards(expected_hashes):
+                lo, hi = np.searchsorted(sorted_unique, [start, start + len(vectors)])
+                rows = order[lo:hi]
+                out[rows] = vectors[row_to_unique[rows] - start]
+            out.flush()
+            del out
         return np.load(out_path, mmap_mode="r")
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)

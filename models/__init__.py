@@ -1,9 +1,9 @@
 """The embedding model: backbones, embedding head, preprocessing, checkpoints and inference."""
 
 from models.backbones import UnknownBackbone, WeightsUnavailable, available_backbones, create_backbone
-from models.checkpoint import CheckpointError, load_checkpoint, model_fingerprint, save_checkpoint
+from models.checkpoint import CheckpointError, build_model, load_checkpoint, model_fingerprint, save_checkpoint
 from models.embedder import Embedder, pick_device
-from models.embedding import EmbeddingNet, ModelConfig, build_model
+from models.embedding import EmbeddingNet, ModelConfig
 from models.preprocess import ImageRejected, build_transform, load_image
 
 __all__ = [

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from models.efficientnet_lite import FEATURE_CHANNELS, efficientnet_lite0
+from models.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,31 +51,18 @@ class _FeaturesOf(nn.Module):
 
 
 BackboneBuilder = Callable[[bool, "str | Path | None"], Backbone]
-_REGISTRY: dict[str, BackboneBuilder] = {}
-
-
-def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """Decorator adding a builder to the registry under ``name``."""
-
-    def add(builder: BackboneBuilder) -> BackboneBuilder:
-        _REGISTRY[name] = builder
-        return builder
-
-    return add
+BACKBONES: Registry[BackboneBuilder] = Registry("backbone", UnknownBackbone)
+register_backbone = BACKBONES.register
 
 
 def available_backbones() -> list[str]:
     """Names accepted by :func:`create_backbone`."""
-    return sorted(_REGISTRY)
+    return BACKBONES.names()
 
 
 def create_backbone(name: str, pretrained: bool = True, weights_path: str | Path | None = None) -> Backbone:
     """Build a registered backbone; unknown names fail loudly with the list of known ones."""
-    try:
-        builder = _REGISTRY[name]
-    except KeyError:
-        raise UnknownBackbone(f"unknown backbone {name!r}; known: {', '.join(available_backbones())}") from None
-    return builder(pretrained, weights_path)
+    return BACKBONES.get(name)(pretrained, weights_path)
 
 
 @register_backbone("efficientnet_lite0")

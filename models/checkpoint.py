@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.embedding import EmbeddingNet, ModelConfig
+from models.atomic import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -19,11 +19,9 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | Path, model: EmbeddingNet, extra: dict[str, Any] | None = None) -> Path:
     """Write ``{config, state_dict, extra}`` atomically (tmp file then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": "lookalike-checkpoint/1", "config": model.config.model_dump(),
-                "state_dict": model.state_dict(), "extra": extra or {}}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": "lookalike-checkpoint/1", "config": model.config.model_dump(),
+                    "state_dict": model.state_dict(), "extra": extra or {}}, tmp)
     return path
 
 
@@ -61,3 +59,10 @@ def model_fingerprint(model: EmbeddingNet) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return f"{model.config.backbone}-{model.dim}d-{digest.hexdigest()[:12]}"
+
+
+def build_model(config: ModelConfig | None = None, checkpoint: str | Path | None = None) -> EmbeddingNet:
+    """A network from a checkpoint (config and weights) or from a config alone."""
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint)
+    return EmbeddingNet(config or ModelConfig())

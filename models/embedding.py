@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -63,11 +62,3 @@ class EmbeddingNet(nn.Module):
         features = self.pool(self.trunk(images))
         return F.normalize(self.head(features.to(images.dtype)).float(), dim=-1)
 
-
-def build_model(config: ModelConfig | None = None, checkpoint: str | Path | None = None) -> EmbeddingNet:
-    """A network from a checkpoint (config and weights) or from a config alone."""
-    if checkpoint is not None:
-        from models.checkpoint import load_checkpoint
-
-        return load_checkpoint(checkpoint)
-    return EmbeddingNet(config or ModelConfig())

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from app.cli import cli
+from cli.main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +42,6 @@ def test_ci_runs_the_readme_test_command():
 
 def test_code_has_no_pyflakes_errors():
     ruff = shutil.which("ruff") or str(ROOT / ".venv/bin/ruff")
-    result = subprocess.run([ruff, "check", "--select", "E9,F", "app", "models", "indexer", "bench", "tests"],
+    result = subprocess.run([ruff, "check", "--select", "E9,F", "app", "cli", "demo", "models", "training", "indexer", "bench", "tests"],
                             cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from indexer.faiss_store import FaissGpuStore, build_store
-from indexer.index_choice import IndexPlan
+from indexer.index_choice import IndexChoice
 from indexer.vector_index import IndexSpec
 from indexer.vector_store import VectorStore
 
 
-def _plan(spec: IndexSpec) -> IndexPlan:
-    return IndexPlan(spec, "flat" if spec.factory == "Flat" else "ivf_flat", 0, "test")
+def _plan(spec: IndexSpec) -> IndexChoice:
+    return IndexChoice(spec, "flat" if spec.factory == "Flat" else "ivf_flat", 0, "test")
 
 
 def faiss_cpu(vectors: np.ndarray, spec: IndexSpec, tmp: Path) -> VectorStore:

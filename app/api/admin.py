@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +22,7 @@ from app.schemas import ErrorResponse, ItemChange, ItemUpdate, ReindexJob, Reind
 from app.serving import ServiceState
 from app.settings import Settings
 from indexer import CatalogError, CatalogRow, GenerationError, build_generation
+from models.atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
@@ -47,9 +47,8 @@ class ReindexRunner:
     def _run(self, state: ServiceState, settings: Settings, catalog: Path) -> None:
         try:
             assert state.embedder is not None
-            manifest = build_generation(catalog, settings.data_dir, state.embedder, checkpoint=settings.checkpoint,
-                                        flat_threshold=settings.flat_threshold, batch_size=settings.batch_size,
-                                        workers=settings.workers, keep=settings.keep_generations, progress=False)
+            manifest = build_generation(catalog, settings.data_dir, state.embedder,
+                                        settings.build_options(progress=False))
             state.reload(manifest.generation)
             job = ReindexJob(state="done", catalog=str(catalog), generation=manifest.generation)
         except (CatalogError, GenerationError, OSError, RuntimeError, ValueError) as exc:
@@ -98,9 +97,7 @@ def _store_upload(settings: Settings, data: bytes, image_format: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(data).hexdigest()}.{image_format.lower()}"
     if not path.exists():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data)
     return path
 
 

@@ -22,7 +22,7 @@ from app.schemas import (BatchSearchRequest, BatchSearchResponse, ErrorResponse,
 from app.serving import LoadedGeneration, ServiceState
 from app.settings import Settings
 from indexer import StoredItem
-from indexer.store import fts_query
+from indexer.catalog_store import fts_query
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
 router = APIRouter(tags=["search"], dependencies=[Depends(require_search_key)])

@@ -11,7 +11,7 @@ import pytest
 from app.planner import PlanError, Query, plan_and_search
 from indexer import CatalogRow, CatalogStore, IndexSpec, VectorStore
 from indexer.live import LiveCatalog, vector_sync
-from indexer.store import create_store
+from indexer.catalog_store import create_store
 from tests.vector_backends import BACKENDS
 
 N, D, PER_PRODUCT = 3000, 24, 3

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.demo.build import build_demo_catalog
-from indexer.demo.render import Material, Mesh, load_obj, make_background, render
+from demo.build import build_demo_catalog
+from demo.render import Material, Mesh, load_obj, make_background, render
 
 from .test_sweethome import make_sh3f
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from indexer.demo.sweethome import (
+from demo.sweethome import (
     DEBIAN_FURNITURE_DIR,
     DemoDataMissing,
     parse_java_properties,
@@ -177,7 +177,7 @@ def test_real_catalog_reads_and_renders() -> None:
 
     import numpy as np
 
-    from indexer.demo.render import load_obj, render
+    from demo.render import load_obj, render
 
     items = read_furniture_catalog()
     assert len(items) > 700

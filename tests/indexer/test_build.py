@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from indexer import CatalogError, build_generation, current_generation, list_generations, read_manifest
-from indexer.build import VECTORS
+from indexer.generations import VECTORS
 from indexer.generations import generations_dir
 from tests.conftest import IMAGES_PER_PRODUCT, PRODUCTS, write_catalog
 

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from indexer import CatalogError, build_generation, current_generation, list_generations, read_manifest
-from indexer.build import VECTORS, WORK
+from indexer.generations import VECTORS, WORK, generations_dir
 from indexer.extract import choose_decoder, decode_jpegs, extract_embeddings, extract_to_shards, hash_images
-from indexer.generations import generations_dir
-from indexer.shards import ShardError, ShardStore
+from indexer.shards import ShardError, ShardSet
+from indexer.vector_index import gpu_available
 from models import load_image
 from tests.conftest import draw_product, write_catalog
 
@@ -70,7 +70,7 @@ def test_killed_build_resumes_without_rewriting_finished_shards(tmp_path, embedd
 
 def test_shard_store_never_rewrites_and_refuses_another_job(tmp_path):
     hashes = [f"{i:064x}" for i in range(5)]
-    store = ShardStore.open(tmp_path, "model-a", 3, hashes, shard_size=2)
+    store = ShardSet.open(tmp_path, "model-a", 3, hashes, shard_size=2)
     assert store.plan.shard_count == 3 and store.missing() == [0, 1, 2]
     first = np.ones((2, 3), np.float32)
     path = store.write(0, first, hashes[:2])
@@ -80,8 +80,8 @@ def test_shard_store_never_rewrites_and_refuses_another_job(tmp_path):
     with pytest.raises(ShardError):
         store.write(2, np.zeros((2, 3), np.float32), hashes[:2])  # the last shard holds one vector
     # Re-opening with another shard size keeps the plan on disk; another model is another directory.
-    assert ShardStore.open(tmp_path, "model-a", 3, hashes, shard_size=99).plan.shard_size == 2
-    assert ShardStore.open(tmp_path, "model-b", 3, hashes).path != store.path
+    assert ShardSet.open(tmp_path, "model-a", 3, hashes, shard_size=99).plan.shard_size == 2
+    assert ShardSet.open(tmp_path, "model-b", 3, hashes).path != store.path
     with pytest.raises(ShardError, match="not extracted"):
         store.assemble(tmp_path / "v.npy", np.arange(5))
     store.write(1, 2 * first, hashes[2:4])
@@ -149,4 +149,5 @@ def test_manifest_records_measured_index_quality(built_data_dir):
     manifest = read_manifest(generations_dir(built_data_dir) / current_generation(built_data_dir))
     assert manifest.recall_at_10 == 1.0 and manifest.index_kind == "flat"
     assert manifest.index_memory_bytes == manifest.count * manifest.dim * 4
-    assert manifest.index_device == "cpu" and manifest.index_build_seconds is not None
+    assert manifest.index_device == ("cuda" if gpu_available() else "cpu")
+    assert manifest.index_build_seconds is not None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from indexer import build_generation
-from indexer.build import VECTORS
+from indexer.generations import VECTORS
 from indexer.generations import generations_dir
 from tests.conftest import write_catalog
 

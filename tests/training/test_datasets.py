@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.datasets import (
+from training.datasets import (
     DatasetError,
     ImageDataset,
     ProductSplit,

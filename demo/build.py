@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import multiprocessing
-import os
 import time
 import zipfile
 import zlib
@@ -34,8 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexer.demo.render import load_obj, render
-from indexer.demo.sweethome import FurnitureItem, read_furniture_catalog
+from demo.render import load_obj, render
+from demo.sweethome import FurnitureItem, read_furniture_catalog
+from models.atomic import atomic_path, write_json_atomic
 
 __all__ = ["CATALOG_HEADER", "QUERIES_HEADER", "build_demo_catalog"]
 
@@ -112,13 +112,11 @@ def _views(item: FurnitureItem, seed: int, renders: int, queries: int) -> tuple[
 
 
 def _save_atomic(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".jpg":
-        image.save(tmp, format="JPEG", quality=_JPEG_QUALITY)
-    else:
-        image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".jpg":
+            image.save(tmp, format="JPEG", quality=_JPEG_QUALITY)
+        else:
+            image.save(tmp, format="PNG")
 
 
 _ZIPS: dict[tuple[Path, int, int], zipfile.ZipFile] = {}
@@ -191,12 +189,10 @@ def _select(items: list[FurnitureItem], limit: int | None) -> list[FurnitureItem
 
 
 def _write_csv_atomic(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _run(tasks: list[_Task], workers: int, progress: bool):
@@ -302,7 +298,5 @@ def build_demo_catalog(
         "seconds_per_render": round(render_seconds / rendered, 4) if rendered else None,
         "build_seconds": round(time.perf_counter() - started, 2),
     }
-    tmp = manifest_path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2), "utf-8")
-    os.replace(tmp, manifest_path)
+    write_json_atomic(manifest_path, manifest, sort_keys=False)
     return catalog_path

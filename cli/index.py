@@ -1,58 +1,37 @@
-"""The `lookalike` command: demo, ingest, index, generations, rollback, serve (and train/eval)."""
+"""`lookalike ingest`, `index`, `generations` and `rollback`: the catalog's way into served generations."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from app.cli_train import train_app
 from app.settings import Settings
+from cli.common import fail, make_embedder, settings_of
 from indexer import CatalogError, GenerationError, build_generation, current_generation, list_generations, publish, read_catalog
-from indexer.extract import content_hash
+from indexer.generations import generations_dir, read_manifest
 from indexer.incremental import apply_incremental
 from indexer.index_choice import IndexBudgetError
 from indexer.ray_extract import RayUnavailable
 from indexer.shards import DEFAULT_SHARD_SIZE
-from indexer.generations import generations_dir, read_manifest
-from models import CheckpointError, Embedder, ModelConfig, build_model
 
-cli = typer.Typer(help="Lookalike: visual search for product catalogs.", no_args_is_help=True, add_completion=False)
-cli.add_typer(train_app)  # `lookalike train` and `lookalike eval`
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line reason on stderr and return the exit to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def make_embedder(settings: Settings, checkpoint: str | None) -> Embedder:
-    try:
-        model = build_model(ModelConfig(), checkpoint=checkpoint)
-    except CheckpointError as exc:
-        raise fail(str(exc)) from None
-    return Embedder(model, device=settings.device)
+index_app = typer.Typer(add_completion=False)
 
 
 def run_index(settings: Settings, catalog: Path, checkpoint: str | None, progress: bool = True, *,
               engine: str = "local", memory_budget_gb: float | None = None, flat_threshold: int | None = None,
               shard_size: int = DEFAULT_SHARD_SIZE, decoder: str = "auto") -> None:
+    """Build and publish a new generation; a failure leaves the served one untouched and exits 2."""
     embedder = make_embedder(settings, checkpoint)
     try:
-        manifest = build_generation(catalog, settings.data_dir, embedder, checkpoint=checkpoint,
-                                    flat_threshold=flat_threshold or settings.flat_threshold,
-                                    batch_size=settings.batch_size, workers=settings.workers,
-                                    keep=settings.keep_generations, progress=progress, engine=engine,
-                                    memory_budget_bytes=int(memory_budget_gb * 2**30) if memory_budget_gb else None,
-                                    shard_size=shard_size, decoder=decoder)
-    except CatalogError as exc:
-        raise fail(f"{exc} (nothing was published; the served index is unchanged)") from None
-    except (IndexBudgetError, RayUnavailable, ValueError) as exc:
+        options = settings.build_options(
+            checkpoint=checkpoint, flat_threshold=flat_threshold or settings.flat_threshold, progress=progress,
+            engine=engine, memory_budget_bytes=int(memory_budget_gb * 2**30) if memory_budget_gb else None,
+            shard_size=shard_size, decoder=decoder)
+        manifest = build_generation(catalog, settings.data_dir, embedder, options)
+    except (CatalogError, IndexBudgetError, RayUnavailable, ValueError) as exc:
         raise fail(f"{exc} (nothing was published; the served index is unchanged)") from None
     typer.echo(f"published {manifest.generation}: {manifest.count} images ({manifest.unique_images} distinct), "
                f"{manifest.index_factory} index (nprobe {manifest.nprobe}, recall@10 {manifest.recall_at_10}), "
@@ -60,6 +39,7 @@ def run_index(settings: Settings, catalog: Path, checkpoint: str | None, progres
 
 
 def run_incremental(settings: Settings, catalog: Path, checkpoint: str | None, progress: bool) -> None:
+    """Apply the catalog's adds, changes and deletes to the served generation's delta."""
     embedder = make_embedder(settings, checkpoint)
     try:
         result = apply_incremental(catalog, settings.data_dir, embedder, batch_size=settings.batch_size,
@@ -70,7 +50,7 @@ def run_incremental(settings: Settings, catalog: Path, checkpoint: str | None, p
                f"{result.unchanged} unchanged")
 
 
-@cli.command()
+@index_app.command()
 def ingest(catalog: Annotated[Path, typer.Argument(help="CSV, TSV or JSONL catalog file")]) -> None:
     """Validate a catalog file and summarise it, without indexing."""
     try:
@@ -84,8 +64,9 @@ def ingest(catalog: Annotated[Path, typer.Argument(help="CSV, TSV or JSONL catal
     typer.echo(f"{len(rows)} images, {len({r.product_id for r in rows})} products, {len(categories)} categories: OK")
 
 
-@cli.command()
+@index_app.command()
 def index(
+    ctx: typer.Context,
     catalog: Annotated[Path, typer.Argument(help="CSV, TSV or JSONL catalog file")],
     checkpoint: Annotated[str | None, typer.Option(help="trained checkpoint (default: pretrained EfficientNet-Lite0)")] = None,
     progress: bool = True,
@@ -99,7 +80,7 @@ def index(
                                               "deletes to the served generation's delta, at once")] = False,
 ) -> None:
     """Build a new generation from the catalog and publish it atomically; a killed run resumes its extraction."""
-    settings = Settings()
+    settings = settings_of(ctx)
     if incremental:
         run_incremental(settings, catalog, checkpoint or settings.checkpoint, progress)
         return
@@ -107,20 +88,23 @@ def index(
               memory_budget_gb=memory_budget_gb, flat_threshold=flat_threshold, shard_size=shard_size, decoder=decoder)
 
 
-@cli.command()
-def generations() -> None:
+@index_app.command()
+def generations(ctx: typer.Context) -> None:
     """List the generations on disk; the served one is marked with '*'."""
-    settings = Settings()
+    settings = settings_of(ctx)
     served = current_generation(settings.data_dir)
     for name in list_generations(settings.data_dir):
         m = read_manifest(generations_dir(settings.data_dir) / name)
         typer.echo(f"{'*' if name == served else ' '} {name}  {m.count:>9} images  {m.index_factory:<16} {m.model_id}  {m.created_at}")
 
 
-@cli.command()
-def rollback(to: Annotated[str | None, typer.Option(help="generation name (default: the one before the served one)")] = None) -> None:
+@index_app.command()
+def rollback(
+    ctx: typer.Context,
+    to: Annotated[str | None, typer.Option(help="generation name (default: the one before the served one)")] = None,
+) -> None:
     """Serve an earlier generation again (the service follows the pointer)."""
-    settings = Settings()
+    settings = settings_of(ctx)
     names = list_generations(settings.data_dir)
     served = current_generation(settings.data_dir)
     if to is None:
@@ -133,51 +117,3 @@ def rollback(to: Annotated[str | None, typer.Option(help="generation name (defau
     except GenerationError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"now serving {to} (was {served})")
-
-
-@cli.command()
-def demo(
-    limit: Annotated[int | None, typer.Option(help="only the first N furniture items")] = None,
-    renders: Annotated[int, typer.Option(help="indexed renders per item (besides its icon)")] = 4,
-    workers: Annotated[int, typer.Option(help="render processes")] = 2,
-) -> None:
-    """Build the demo furniture catalog (Debian's sweethome3d-furniture) and index it; reuses what is built."""
-    from indexer.demo import DemoDataMissing, build_demo_catalog
-
-    settings = Settings()
-    try:
-        catalog = build_demo_catalog(settings.demo_dir, renders_per_item=renders, limit=limit, workers=workers)
-    except DemoDataMissing as exc:
-        raise fail(str(exc)) from None
-    served = current_generation(settings.data_dir)
-    if served:
-        manifest = read_manifest(generations_dir(settings.data_dir) / served)
-        if manifest.catalog_sha256 == content_hash(catalog) and manifest.checkpoint == settings.checkpoint:
-            typer.echo(f"demo index is up to date ({served}, {manifest.count} images)")
-            return
-    run_index(settings, catalog, settings.checkpoint)
-
-
-@cli.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="default: LOOKALIKE_HOST or 127.0.0.1")] = None,
-    port: Annotated[int | None, typer.Option(help="default: LOOKALIKE_PORT or 8000")] = None,
-) -> None:
-    """Serve the HTTP API (OpenAPI docs at /docs)."""
-    import uvicorn
-
-    from app.main import create_app
-
-    settings = Settings()
-    settings = settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
-    typer.echo(f"Lookalike serving {settings.data_dir} at http://{settings.host}:{settings.port}/ (API docs: /docs)")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cli()
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from models.metrics import map_at_r_from_hits, nearest_neighbours, retrieval_metrics
+from training.metrics import map_at_r_from_hits, nearest_neighbours, retrieval_metrics
 
 
 def _on_circle(degrees):

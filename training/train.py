@@ -1,8 +1,8 @@
 """Metric-learning fine-tuning of the embedding network, with checkpoints, resume and honest evaluation.
 
-``train`` takes product-disjoint train/validation samples (see :mod:`models.datasets`), builds an
+``train`` takes product-disjoint train/validation samples (see :mod:`training.datasets`), builds an
 :class:`~models.embedding.EmbeddingNet` (pretrained backbone, GeM, a Linear projection head), and trains it
-with a pytorch-metric-learning loss (:mod:`models.losses`) on P x K batches (P products, K images each).
+with a pytorch-metric-learning loss (:mod:`training.losses`) on P x K batches (P products, K images each).
 The backbone is frozen for the first ``frozen_epochs`` epochs so the new head settles before the
 pretrained weights move.
 
@@ -36,12 +36,13 @@ from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
 from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from models.datasets import DatasetError, ImageDataset, Sample, image_counts, products_of, validate_samples
+from training.datasets import DatasetError, ImageDataset, Sample, image_counts, products_of, validate_samples
 from models.embedder import pick_device
 from models.embedding import EmbeddingNet, ModelConfig
-from models.losses import DEFAULT_LOSS, LossBundle, build_loss, check_loss_name
-from models.metrics import DEFAULT_KS, format_metrics, retrieval_metrics
+from training.losses import DEFAULT_LOSS, LossBundle, build_loss, check_loss_name
+from training.metrics import DEFAULT_KS, format_metrics, retrieval_metrics
 from models.preprocess import build_transform
+from models.atomic import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training.png"
@@ -241,7 +242,7 @@ def evaluate(model_or_checkpoint: EmbeddingNet | str | Path, samples: Sequence[S
              progress: bool = False) -> dict[str, Any]:
     """Recall@K / MAP@R of a model (or checkpoint file) on ``samples``: each image queries all the others.
 
-    Use held-out products only (e.g. the ``test`` part of a :class:`~models.datasets.ProductSplit`).
+    Use held-out products only (e.g. the ``test`` part of a :class:`~training.datasets.ProductSplit`).
     """
     if not samples:
         raise DatasetError("evaluation set is empty")
@@ -259,9 +260,7 @@ def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
-    tmp = out_dir / (METRICS_FILE + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history), encoding="utf-8")
-    tmp.replace(out_dir / METRICS_FILE)
+    write_text_atomic(out_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
 
 
 def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:

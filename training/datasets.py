@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from models.preprocess import load_image
+from models.atomic import write_json_atomic
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 SPLIT_FORMAT = "lookalike-split/1"
@@ -234,10 +235,7 @@ class ProductSplit:
                 "train": list(self.train), "val": list(self.val), "test": list(self.test)}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        return path
+        return write_json_atomic(path, self.to_dict(), indent=1, sort_keys=False)
 
     @classmethod
     def load(cls, path: str | Path) -> ProductSplit:

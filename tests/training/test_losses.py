@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
 
-from models.losses import DEFAULT_LOSS, UnknownLoss, available_losses, build_loss
+from training.losses import DEFAULT_LOSS, UnknownLoss, available_losses, build_loss
 
 
 def test_registry_names_and_types():

@@ -160,5 +160,3 @@ class CatalogStore:
         return {r["item_id"]: (r["id"], row_digest(r["product_id"], r["title"], r["category"], r["description"],
                                                   r["content_hash"], r["attributes"])) for r in rows}
 
-    def categories(self) -> list[tuple[str, int]]:
-        return [(r[0], r[1]) for r in self._all("SELECT category, COUNT(*) FROM items GROUP BY category ORDER BY 1")]

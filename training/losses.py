@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from pytorch_metric_learning import losses, miners
 from torch import nn
+from models.registry import Registry
 
 
 class UnknownLoss(ValueError):
@@ -31,7 +32,6 @@ class LossBundle:
     loss: nn.Module
     miner: nn.Module | None = None
     lr_factor: float = 1.0  # learning rate of the loss's parameters relative to the base lr
-    needs_classes: bool = False
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeddings = embeddings.float()
@@ -56,32 +56,20 @@ class LossBundle:
 
 
 LossBuilder = Callable[[int, int], LossBundle]
-_REGISTRY: dict[str, LossBuilder] = {}
+LOSSES: Registry[LossBuilder] = Registry("loss", UnknownLoss)
+register_loss = LOSSES.register
+check_loss_name = LOSSES.check
 DEFAULT_LOSS = "multi_similarity"
-
-
-def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:
-    def add(builder: LossBuilder) -> LossBuilder:
-        _REGISTRY[name] = builder
-        return builder
-
-    return add
 
 
 def available_losses() -> list[str]:
     """Names accepted by :func:`build_loss`."""
-    return sorted(_REGISTRY)
-
-
-def check_loss_name(name: str) -> str:
-    if name not in _REGISTRY:
-        raise UnknownLoss(f"unknown loss {name!r}; known: {', '.join(available_losses())}")
-    return name
+    return LOSSES.names()
 
 
 def build_loss(name: str, num_classes: int, embedding_size: int) -> LossBundle:
     """The named loss for ``num_classes`` training classes and ``embedding_size``-d embeddings."""
-    builder = _REGISTRY[check_loss_name(name)]
+    builder = LOSSES.get(name)
     if num_classes < 2:
         raise ValueError(f"loss {name!r} needs at least 2 training classes, got {num_classes}")
     return builder(num_classes, embedding_size)
@@ -108,16 +96,16 @@ def _triplet_batch_hard(num_classes: int, embedding_size: int) -> LossBundle:
 @register_loss("proxy_anchor")
 def _proxy_anchor(num_classes: int, embedding_size: int) -> LossBundle:
     return LossBundle("proxy_anchor", losses.ProxyAnchorLoss(num_classes, embedding_size, margin=0.1, alpha=32),
-                      lr_factor=100.0, needs_classes=True)
+                      lr_factor=100.0)
 
 
 @register_loss("normsoftmax")
 def _normsoftmax(num_classes: int, embedding_size: int) -> LossBundle:
     return LossBundle("normsoftmax", losses.NormalizedSoftmaxLoss(num_classes, embedding_size, temperature=0.05),
-                      lr_factor=100.0, needs_classes=True)
+                      lr_factor=100.0)
 
 
 @register_loss("arcface")
 def _arcface(num_classes: int, embedding_size: int) -> LossBundle:
     return LossBundle("arcface", losses.ArcFaceLoss(num_classes, embedding_size, margin=28.6, scale=64),
-                      lr_factor=100.0, needs_classes=True)
+                      lr_factor=100.0)

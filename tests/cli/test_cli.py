@@ -1,6 +1,6 @@
 from typer.testing import CliRunner
 
-from app.cli import cli
+from cli.main import cli
 from indexer import current_generation, list_generations
 from tests.conftest import write_catalog
 

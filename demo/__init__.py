@@ -1,8 +1,8 @@
 """Demo product catalog built from Debian's ``sweethome3d-furniture`` models."""
 
-from indexer.demo.build import build_demo_catalog
-from indexer.demo.render import Material, Mesh, load_obj, make_background, render
-from indexer.demo.sweethome import (
+from demo.build import build_demo_catalog
+from demo.render import Material, Mesh, load_obj, make_background, render
+from demo.sweethome import (
     DEBIAN_FURNITURE_DIR,
     DemoDataMissing,
     FurnitureItem,

@@ -1,8 +1,7 @@
 """`lookalike train` and `lookalike eval`: metric-learning fine-tuning and held-out evaluation.
 
-Both commands load samples the same way and split them by product with the same seeded rule, and
-``train`` writes that split to ``OUT/split.json``; ``eval --checkpoint OUT/best.pt`` reads it back, so the
-products it measures on were never trained on.
+The training stack (pytorch-metric-learning, matplotlib) is the ``train`` extra: it is imported only when one of
+these commands runs, so the service never loads it.
 """
 
 from __future__ import annotations
@@ -15,43 +14,22 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from models.datasets import (
-    DatasetError,
-    ProductSplit,
-    Sample,
-    drop_small_products,
-    limit_products,
-    products_of,
-    read_folder,
-    read_inshop,
-    read_sop,
-    split_by_product,
-    split_train_val,
-)
+from cli.common import fail
 
-train_app = typer.Typer(help="Train and evaluate the embedding model.", no_args_is_help=True, add_completion=False)
-
-SPLIT_FILE = "split.json"
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr with exit code 2."""
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
+train_app = typer.Typer(add_completion=False)
 
 
 def _errors() -> tuple[type[BaseException], ...]:
     from indexer.catalog import CatalogError
     from models.backbones import UnknownBackbone, WeightsUnavailable
     from models.checkpoint import CheckpointError
-    from models.losses import UnknownLoss
     from models.preprocess import ImageRejected
-    from models.train import TrainError
+    from training.datasets import DatasetError
+    from training.losses import UnknownLoss
+    from training.splits import SplitError
+    from training.train import TrainError
 
-    return (CliError, DatasetError, CatalogError, CheckpointError, TrainError, UnknownLoss, UnknownBackbone,
+    return (SplitError, DatasetError, CatalogError, CheckpointError, TrainError, UnknownLoss, UnknownBackbone,
             WeightsUnavailable, ImageRejected, FileNotFoundError, ValidationError)
 
 
@@ -61,65 +39,11 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-# -------------------------------------------------------------------------------------------- sources
-
-
-def load_source(catalog: Path | None, folder: Path | None, sop: Path | None,
-                inshop: Path | None) -> tuple[str, list[Sample], list[Sample] | None]:
-    """``(description, train pool, official test set or None)`` from exactly one source option."""
-    given = [(name, value) for name, value in (("--catalog", catalog), ("--folder", folder), ("--sop", sop),
-                                               ("--inshop", inshop)) if value is not None]
-    if len(given) != 1:
-        raise CliError("give exactly one of --catalog, --folder, --sop, --inshop")
-    if catalog is not None:
-        from indexer.catalog import read_catalog
-
-        rows = read_catalog(catalog)
-        return f"catalog {catalog}", [Sample(r.image, r.product_id, r.category) for r in rows], None
-    if folder is not None:
-        return f"folder {folder}", read_folder(folder), None
-    if sop is not None:
-        return f"sop {sop}", read_sop(sop, "train"), read_sop(sop, "test")
-    assert inshop is not None
-    return f"inshop {inshop}", read_inshop(inshop, "train"), read_inshop(inshop, "test")
-
-
-def make_split(pool: list[Sample], official_test: list[Sample] | None, val_fraction: float, test_fraction: float,
-               seed: int, max_products: int | None) -> tuple[ProductSplit, list[Sample]]:
-    """The deterministic product split used by both commands, and all the samples it refers to.
-
-    Products with a single image are dropped first (they can be neither trained on nor queried).
-    Sources with an official test set keep it as the test split; validation products come from the train pool.
-    """
-    pool = drop_small_products(pool)
-    if official_test is None:
-        pool = limit_products(pool, max_products, seed)
-        split = split_by_product(pool, val_fraction, test_fraction, seed)
-        return split, pool
-    test = drop_small_products(official_test)
-    if max_products is not None:
-        n_train = len(products_of(pool))
-        n_test = len(products_of(test))
-        share = max_products / max(n_train + n_test, 1)
-        pool = limit_products(pool, max(3, round(n_train * share)), seed)
-        test = limit_products(test, max(2, round(n_test * share)), seed)
-    return split_train_val(pool, test, val_fraction, seed), pool + test
-
-
-def _split_for(out_or_ckpt_dir: Path | None, samples_pool: list[Sample], official_test: list[Sample] | None,
-               val_fraction: float, test_fraction: float, seed: int,
-               limit: int | None) -> tuple[ProductSplit, list[Sample], str]:
-    if out_or_ckpt_dir is not None and (out_or_ckpt_dir / SPLIT_FILE).is_file():
-        split = ProductSplit.load(out_or_ckpt_dir / SPLIT_FILE)
-        samples = drop_small_products(samples_pool + (official_test or []))
-        known = {s.label for s in samples}
-        missing = [p for p in split.products("all") if p not in known]
-        if missing:
-            raise CliError(f"{out_or_ckpt_dir / SPLIT_FILE} names {len(missing)} product(s) this source lacks, "
-                           f"e.g. {missing[:3]}; is it the same dataset?")
-        return split, samples, str(out_or_ckpt_dir / SPLIT_FILE)
-    split, samples = make_split(samples_pool, official_test, val_fraction, test_fraction, seed, limit)
-    return split, samples, f"seed {seed}"
+def _require_training_extra() -> None:
+    try:
+        import pytorch_metric_learning  # noqa: F401
+    except ImportError:
+        raise fail("training needs the train extra: pip install '.[train]'") from None
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -161,19 +85,22 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
     """Fine-tune the embedding model on products (split by product into train/val/test)."""
+    _require_training_extra()
     try:
-        from models.train import TrainConfig, TrainError, train
+        from training.datasets import ProductSplit
+        from training.splits import SPLIT_FILE, load_source, split_for
+        from training.train import TrainConfig, TrainError, train
 
         config = TrainConfig(loss=loss, backbone=backbone, epochs=epochs, frozen_epochs=frozen_epochs, p=p, k=k,
                              lr=lr, embedding_dim=embedding_dim or None, image_size=image_size, num_workers=workers,
                              device=device, cache_images=cache_images, seed=seed)
-        from models.losses import check_loss_name
+        from training.losses import check_loss_name
 
         check_loss_name(config.loss)
         description, pool, official_test = load_source(catalog, folder, sop, inshop)
         if resume and not (out / SPLIT_FILE).is_file():
             raise TrainError(f"cannot resume: {out / SPLIT_FILE} not found")
-        split, samples, origin = _split_for(out if resume else None, pool, official_test, val_fraction,
+        split, samples, origin = split_for(out if resume else None, pool, official_test, val_fraction,
                                             test_fraction, seed, limit)
         train_samples, val_samples, test_samples = split.apply(samples)
         if not resume:
@@ -186,7 +113,7 @@ def train_command(
                    f"(split: {origin})", err=True)
         result = train(train_samples, val_samples, config, out, resume=resume, progress=progress)
     except _errors() as exc:
-        raise _fail(_one_line(exc)) from None
+        raise fail(_one_line(exc)) from None
     best = result.best_metrics
     summary = f"best epoch {result.best_epoch}: {result.best_path}"
     if best:
@@ -240,13 +167,15 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
 ) -> None:
     """Recall@1/5/10/100 and MAP@R on held-out products: trained checkpoint vs the pretrained start."""
+    _require_training_extra()
     try:
         from models.checkpoint import load_checkpoint, read_checkpoint
         from models.embedding import EmbeddingNet, ModelConfig
-        from models.train import evaluate
+        from training.splits import SplitError, load_source, split_for
+        from training.train import evaluate
 
         if checkpoint is None and not baseline:
-            raise CliError("nothing to evaluate: give --checkpoint or keep --baseline")
+            raise SplitError("nothing to evaluate: give --checkpoint or keep --baseline")
         trained = None
         start_config = ModelConfig(backbone=backbone or "efficientnet_lite0", image_size=image_size or 224)
         if checkpoint is not None:
@@ -260,7 +189,7 @@ def eval_command(
                                        image_size=image_size or trained.config.image_size,
                                        gem_p=train_cfg.get("gem_p", 3.0), seed=train_cfg.get("seed", 0))
         description, pool, official_test = load_source(catalog, folder, sop, inshop)
-        split, samples, origin = _split_for(checkpoint.parent if checkpoint else None, pool, official_test,
+        split, samples, origin = split_for(checkpoint.parent if checkpoint else None, pool, official_test,
                                             val_fraction, test_fraction, seed, limit)
         if split_name in ("train", "all") and checkpoint is not None:
             typer.echo(f"warning: the {split_name} split contains training products; numbers are not held-out",
@@ -270,7 +199,7 @@ def eval_command(
                        err=True)
         chosen = split.select(samples, split_name)
         if not chosen:
-            raise CliError(f"the {split_name} split is empty")
+            raise SplitError(f"the {split_name} split is empty")
         typer.echo(f"{description}: {split_name} split, {len(split.products(split_name))} products, "
                    f"{len(chosen)} images (split: {origin})", err=True)
         rows: list[tuple[str, dict[str, Any]]] = []
@@ -282,7 +211,7 @@ def eval_command(
                    f"{start_config.image_size}px)"
             rows.append((name, evaluate(start, chosen, batch_size, device, workers)))
     except _errors() as exc:
-        raise _fail(_one_line(exc)) from None
+        raise fail(_one_line(exc)) from None
     if as_json:
         typer.echo(json.dumps({name: metrics for name, metrics in rows}, indent=1))
     else:

@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from app.cli_train import train_app
+from cli.train import train_app
 from models import Embedder, load_checkpoint
 from models.checkpoint import read_checkpoint
-from models.datasets import DatasetError, ImageDataset, Sample
-from models.losses import UnknownLoss
+from training.datasets import DatasetError, ImageDataset, Sample
+from training.losses import UnknownLoss
 from models.preprocess import build_transform
-from models.train import TrainConfig, TrainError, evaluate, make_train_loader, train
+from training.train import TrainConfig, TrainError, evaluate, make_train_loader, train
 from tests.conftest import draw_product, write_catalog
 
 

@@ -1,0 +1,31 @@
+"""What every command group shares: the process's one ``Settings``, one-line failures, the embedder."""
+
+from __future__ import annotations
+
+import typer
+
+from app.settings import Settings
+from models import CheckpointError, Embedder, ModelConfig, build_model
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line reason on stderr and return the exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    """The settings that the root callback built once for this invocation."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, Settings):
+        root.obj = Settings()
+    return root.obj
+
+
+def make_embedder(settings: Settings, checkpoint: str | None) -> Embedder:
+    """The served model (pretrained default, or a trained checkpoint) on the configured device."""
+    try:
+        model = build_model(ModelConfig(), checkpoint=checkpoint)
+    except CheckpointError as exc:
+        raise fail(str(exc)) from None
+    return Embedder(model, device=settings.device)
