@@ -36,9 +36,16 @@ def get_generation(request: Request) -> LoadedGeneration:
     return gen
 
 
-def _check_key(expected: str | None, given: str | None) -> None:
+def key_error(expected: str | None, given: str | None) -> tuple[int, str, str] | None:
+    """(status, code, message) when ``given`` is not the ``expected`` key; None when it is (or none is needed)."""
     if expected is not None and (given is None or not secrets.compare_digest(given.encode(), expected.encode())):
-        raise ApiError(401, "unauthorized", "a valid X-API-Key header is required")
+        return 401, "unauthorized", "a valid X-API-Key header is required"
+    return None
+
+
+def _check_key(expected: str | None, given: str | None) -> None:
+    if (error := key_error(expected, given)) is not None:
+        raise ApiError(*error)
 
 
 def require_search_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,11 +22,16 @@ class ApiError(Exception):
         self.message = message
 
 
-def _reply(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    metrics = getattr(request.app.state, "metrics", None)
+def error_response(status: int, code: str, message: str, *, metrics: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error body of the API, counted in ``lookalike_errors_total`` when metrics are given."""
     if metrics is not None:
         metrics.errors.labels(code).inc()
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _reply(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return error_response(status, code, message, metrics=getattr(request.app.state, "metrics", None), headers=headers)
 
 
 def image_error(exc: ImageRejected) -> ApiError:
@@ -51,5 +58,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
         return _reply(request, exc.status_code, code, str(exc.detail), exc.headers)

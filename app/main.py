@@ -18,18 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api import admin, items, ops, search
 from app.batching import MicroBatcher
 from app.errors import install_error_handlers
+from app.guard import RequestGuard, RoutePolicy
 from app.metrics import ServiceMetrics
+from app.reload_watcher import ReloadWatcher
 from app.serving import ServiceState
 from app.settings import Settings
-from indexer import GenerationError
 
 log = logging.getLogger(__name__)
-
-
-async def _watch(state: ServiceState, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        await asyncio.to_thread(state.maybe_reload)
 
 
 def _limit_threads(settings: Settings) -> None:
@@ -79,6 +74,22 @@ class DeadlineMiddleware:
             await response(scope, receive, send)
 
 
+def route_policies(settings: Settings) -> list[RoutePolicy]:
+    """Keys and body limits per route, checked by the guard before any body is read; every route not listed
+    (and every unlisted method) gets no key and ``max_small_body_bytes``.
+
+    A search body holds one image (base64 in JSON grows it by 4/3) and its options (lists up to the query
+    string's limit); an upsert holds one image and its metadata.
+    """
+    return [
+        RoutePolicy("POST", "/search", "search", settings.max_upload_bytes * 4 // 3 + settings.max_query_bytes),
+        RoutePolicy("POST", "/search/batch", "search", settings.max_batch_body_bytes),
+        RoutePolicy("*", "/items/{rest:path}", "search"),
+        RoutePolicy("PUT", "/admin/items/{item_id}", "admin", settings.max_upload_bytes + settings.max_small_body_bytes),
+        RoutePolicy("*", "/admin/{rest:path}", "admin"),
+    ]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; it loads the current generation at start-up and follows the pointer afterwards."""
     settings = settings or Settings()
@@ -86,23 +97,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _limit_threads(settings)
-        state = ServiceState(settings.data_dir, settings.device)
+        state = ServiceState(settings.data_dir, settings.device, metrics=app.state.metrics,
+                             retire_after_s=settings.retire_after_s)
         app.state.service = state
         app.state.forward_slots = asyncio.Semaphore(settings.max_concurrent_forwards or os.cpu_count() or 1)
         try:
             await asyncio.to_thread(state.reload)
             await asyncio.to_thread(state.warm_up)
-        except GenerationError as exc:
+        except Exception as exc:  # noqa: BLE001 - serve /healthz and 503s, and wait for a good generation
             log.warning("starting without an index: %s", exc)
         state.batcher = _start_batcher(state, settings)
-        watcher = asyncio.create_task(_watch(state, settings.reload_interval_s)) if settings.reload_interval_s else None
+        watcher = ReloadWatcher(state, settings.reload_interval_s, app.state.metrics)
+        app.state.watcher = watcher
+        watcher.start()
         try:
             yield
         finally:
-            if watcher:
-                watcher.cancel()
+            await watcher.stop()
             if state.batcher is not None:
                 await state.batcher.aclose()
+            state.close()
 
     app = FastAPI(title="Lookalike", version="0.1.0", lifespan=lifespan,
                   description="Visual search for product catalogs: upload a photo, get the most similar products.")
@@ -110,11 +124,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     app.state.reindex = admin.ReindexRunner()
     install_error_handlers(app)
+    # Outermost last: CORS (answers preflights, decorates every answer), then the guard (keys and body limits
+    # before any body is read), then the deadline.
+    app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s)
+    app.add_middleware(RequestGuard, policies=route_policies(settings), admin_key=settings.admin_api_key,
+                       search_key=settings.search_api_key, default_body_limit=settings.max_small_body_bytes,
+                       max_query_bytes=settings.max_query_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
-
-    app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s)
     for module in (search, items, admin, ops):
         app.include_router(module.router)
     return app

@@ -18,6 +18,10 @@ class ServiceMetrics:
                                 registry=self.registry)
         self.errors = Counter("lookalike_errors_total", "Error responses by code", ["code"], registry=self.registry)
         self.items = Gauge("lookalike_items", "Live images in the served generation", registry=self.registry)
+        self.reload_failures = Counter("lookalike_reload_failures", "Generations the service refused to switch to",
+                                       registry=self.registry)
+        self.watcher_errors = Counter("lookalike_watcher_errors", "Unexpected errors in the reload watcher's loop",
+                                      registry=self.registry)
 
     def observe(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.errors import ApiError
@@ -73,14 +74,24 @@ def _query_options(request: Request) -> dict[str, Any]:
     return options
 
 
-async def read_search_request(request: Request, max_bytes: int) -> tuple[bytes, SearchOptions]:
-    """Image bytes and options, whatever the content type; options in the body override the query string."""
+def _parse_search_json(body: bytes, max_bytes: int) -> tuple[bytes, SearchOptions]:
+    """Parse and decode a JSON search body (in a worker thread: a large body must not hold up the event loop)."""
+    parsed: SearchJSON = validated(SearchJSON, body)
+    image = decode_base64_image(parsed.image_base64, max_bytes)
+    return image, SearchOptions(**parsed.model_dump(exclude={"image_base64"}, exclude_unset=True))
+
+
+async def read_search_request(request: Request, max_bytes: int,
+                              options_bytes: int = JSON_OVERHEAD) -> tuple[bytes, SearchOptions]:
+    """Image bytes and options, whatever the content type; options in the body override the query string.
+
+    The body as a whole is bounded by the request guard (app.guard) while it streams; ``options_bytes`` is
+    the room for options beside the image.
+    """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     options = _query_options(request)
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        if (declared := request.headers.get("content-length", "")).isdigit() and int(declared) > max_bytes + JSON_OVERHEAD:
-            raise ApiError(413, "upload_too_large", f"upload is over the {max_bytes}-byte limit")
-        form = await request.form(max_files=1, max_fields=64)
+        form = await request.form(max_files=1, max_fields=64, max_part_size=options_bytes)
         image = form.get("image")
         for key, value in form.multi_items():
             if key == "image" or isinstance(value, UploadFile):
@@ -92,10 +103,8 @@ async def read_search_request(request: Request, max_bytes: int) -> tuple[bytes, 
         data = await image.read(max_bytes + 1)
         return check_image(data, max_bytes), validated(SearchOptions, options)
     if content_type == "application/json":
-        body = await read_body(request, max_bytes * 4 // 3 + JSON_OVERHEAD)
-        parsed: SearchJSON = validated(SearchJSON, body)
-        return decode_base64_image(parsed.image_base64, max_bytes), SearchOptions(
-            **{**parsed.model_dump(exclude={"image_base64"}, exclude_unset=True)})
+        body = await read_body(request, max_bytes * 4 // 3 + options_bytes)
+        return await run_in_threadpool(_parse_search_json, body, max_bytes)
     if content_type.startswith("image/") or content_type == "application/octet-stream":
         return check_image(await read_body(request, max_bytes), max_bytes), validated(SearchOptions, options)
     raise ApiError(415, "unsupported_media_type",

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Hard caps on list parameters, whatever the settings say (the settings' own limits are checked on top, after
+# comma-separated values are split): a list can never be large enough to exhaust memory or SQL variables.
+MAX_LIST_ITEMS = 100_000
+MAX_CATEGORIES = 10_000
+MAX_BATCH_QUERIES = 256
+MAX_ATTRIBUTES = 100
+
 
 class Hit(BaseModel):
     """One result: a product (its best-matching image) or, with group=false, one image."""
@@ -25,8 +32,9 @@ class SearchOptions(BaseModel):
     k: int = Field(10, ge=1, description="results per page")
     offset: int = Field(0, ge=0, le=10_000, description="results to skip (pagination)")
     q: str | None = Field(None, max_length=500, description="keywords: rank only items whose title/category match")
-    candidate_ids: list[str] | None = Field(None, description="rank only these item ids (e.g. the shop's own hits)")
-    category: list[str] | None = Field(None, description="rank only items of these categories")
+    candidate_ids: list[str] | None = Field(None, max_length=MAX_LIST_ITEMS,
+                                            description="rank only these item ids (e.g. the shop's own hits)")
+    category: list[str] | None = Field(None, max_length=MAX_CATEGORIES, description="rank only items of these categories")
     group: bool = Field(True, description="one result per product (its best image)")
     keyword_weight: float = Field(0.0, ge=0.0, le=1.0, description="with q: blend of BM25 (1) and visual (0) scores")
 
@@ -44,7 +52,7 @@ class SearchJSON(SearchOptions):
 class BatchSearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    queries: list[SearchJSON] = Field(min_length=1)
+    queries: list[SearchJSON] = Field(min_length=1, max_length=MAX_BATCH_QUERIES)
 
 
 class SearchResponse(BaseModel):
@@ -74,10 +82,12 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
-    status: str
+    status: str = Field(description="ready, not_ready (no generation) or watcher_stopped (hot swap has stopped)")
     generation: str | None
     model_id: str | None
     items: int
+    watcher: str = Field("disabled", description="the reload watcher: running, stopped or disabled")
+    last_reload_error: str | None = Field(None, description="why the last generation offered was refused")
 
 
 class ErrorDetail(BaseModel):
@@ -102,13 +112,15 @@ class ItemUpdate(BaseModel):
     title: str = Field("", max_length=1000)
     category: str = Field("", max_length=256)
     description: str = Field("", max_length=10_000)
-    attributes: dict[str, str] = {}
+    attributes: dict[str, str] = Field({}, max_length=MAX_ATTRIBUTES)
 
 
 class ItemChange(BaseModel):
     item_id: str
     status: str = Field(description="created, updated or deleted")
     generation: str
+    version: int = Field(description="the generation's delta version this change committed as (changes apply in "
+                         "version order)")
 
 
 class ReloadResult(BaseModel):

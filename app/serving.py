@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
@@ -11,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.metrics import ServiceMetrics
 from indexer import CatalogStore, GenerationError, Manifest, current_generation, read_manifest
 from indexer.backends import open_vector_store
-from indexer.generations import CATALOG_DB
-from indexer.generations import generations_dir
+from indexer.generations import CATALOG_DB, check_generation_name, generations_dir
 from indexer.live import LiveCatalog, vector_sync
 from indexer.vector_store import VectorStore
 from models import Embedder, ModelConfig, build_model
@@ -34,22 +35,30 @@ class LoadedGeneration:
 
     @classmethod
     def open(cls, data_dir: Path, name: str, use_gpu: bool = False) -> LoadedGeneration:
-        path = generations_dir(data_dir) / name
+        """Open and check a generation; any unreadable or inconsistent file is a GenerationError, and whatever
+        was opened before the failure is closed again."""
+        path = generations_dir(data_dir) / check_generation_name(name)
         manifest = read_manifest(path)
-        store = CatalogStore(path / CATALOG_DB)
+        store: CatalogStore | None = None
+        catalog: LiveCatalog | None = None
         try:
+            store = CatalogStore(path / CATALOG_DB)
             vectors = open_vector_store(path, manifest, use_gpu=use_gpu)
-        except (OSError, RuntimeError, ValueError) as exc:
-            store.close()
-            raise GenerationError(f"generation {name}: cannot open its vectors ({exc})") from None
-        if not (store.count == vectors.ntotal == manifest.count):
-            store.close()
-            raise GenerationError(f"generation {name} is inconsistent: {store.count} rows, {vectors.ntotal} vectors, "
-                                  f"manifest says {manifest.count}")
-        catalog = LiveCatalog(path, store, manifest.count, manifest.dim)
-        generation = cls(name, path, manifest, catalog, vectors)
-        catalog.follow(vector_sync(vectors, generation.encode))
-        return generation
+            if not (store.count == vectors.ntotal == manifest.count):
+                raise GenerationError(f"generation {name} is inconsistent: {store.count} rows, {vectors.ntotal} "
+                                      f"vectors, manifest says {manifest.count}")
+            catalog = LiveCatalog(path, store, manifest.count, manifest.dim)
+            generation = cls(name, path, manifest, catalog, vectors)
+            catalog.follow(vector_sync(vectors, generation.encode))
+            return generation
+        except Exception as exc:
+            if catalog is not None:
+                catalog.close()
+            elif store is not None:
+                store.close()
+            if isinstance(exc, GenerationError):
+                raise
+            raise GenerationError(f"generation {name} cannot be opened: {type(exc).__name__}: {exc}") from exc
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         """Embeddings (queries, delta rows) into the vector store's space."""
@@ -66,14 +75,25 @@ def embedder_for(manifest: Manifest, device: str) -> Embedder:
 
 
 class ServiceState:
-    """The embedder plus the current generation; readers take a reference, reloads replace it atomically."""
+    """The embedder plus the current generation; readers take a reference, reloads replace it atomically.
 
-    def __init__(self, data_dir: Path, device: str = "auto") -> None:
+    A replaced generation stays open for ``retire_after_s`` (requests that took it before the swap finish
+    with it), then its files are closed. A generation that cannot be served is logged, counted and remembered,
+    so the watcher does not retry it until the pointer moves again; the last good one keeps serving.
+    """
+
+    def __init__(self, data_dir: Path, device: str = "auto", metrics: ServiceMetrics | None = None,
+                 retire_after_s: float = 120.0) -> None:
         self.data_dir = data_dir
         self.device = device
+        self.metrics = metrics
+        self.retire_after_s = retire_after_s
         self.embedder: Embedder | None = None
         self.batcher: Any = None  # app.batching.MicroBatcher once the embedder is loaded, when batching is on
+        self.last_error: str | None = None
         self._generation: LoadedGeneration | None = None
+        self._refused: str | None = None
+        self._retired: list[tuple[float, LoadedGeneration]] = []
         self._lock = threading.Lock()
 
     @property
@@ -89,14 +109,21 @@ class ServiceState:
             if self._generation is not None and self._generation.name == name:
                 return self._generation
             loaded = LoadedGeneration.open(self.data_dir, name, use_gpu=self.device != "cpu")
-            if self.embedder is None:
-                self.embedder = embedder_for(loaded.manifest, self.device)
-            if loaded.manifest.model_id != self.embedder.model_id or loaded.manifest.dim != self.embedder.dim:
+            try:
+                if self.embedder is None:
+                    self.embedder = embedder_for(loaded.manifest, self.device)
+                if loaded.manifest.model_id != self.embedder.model_id or loaded.manifest.dim != self.embedder.dim:
+                    raise GenerationError(
+                        f"generation {name} was made by model {loaded.manifest.model_id} ({loaded.manifest.dim}d) but "
+                        f"the service runs {self.embedder.model_id} ({self.embedder.dim}d); restart the service to "
+                        "change models")
+            except BaseException:
                 loaded.catalog.close()
-                raise GenerationError(
-                    f"generation {name} was made by model {loaded.manifest.model_id} ({loaded.manifest.dim}d) but the "
-                    f"service runs {self.embedder.model_id} ({self.embedder.dim}d); restart the service to change models")
+                raise
             previous, self._generation = self._generation, loaded
+            if previous is not None:
+                self._retired.append((time.monotonic() + self.retire_after_s, previous))
+            self._refused = None
             log.info("serving generation %s (%d items)%s", name, loaded.manifest.count,
                      f", replacing {previous.name}" if previous else "")
             return loaded
@@ -108,10 +135,44 @@ class ServiceState:
             self.embedder.embed_tensors(torch.zeros(1, 3, size, size))
 
     def maybe_reload(self) -> None:
-        """Follow the pointer if it moved; a bad new generation is logged and the old one keeps serving."""
-        name = current_generation(self.data_dir)
-        if name and (self._generation is None or name != self._generation.name):
-            try:
-                self.reload(name)
-            except (GenerationError, OSError, RuntimeError) as exc:
-                log.error("not switching to %s: %s", name, exc)
+        """Follow the pointer if it moved. Whatever goes wrong with the new generation is logged, counted in
+        ``lookalike_reload_failures_total`` and remembered; the old generation keeps serving."""
+        try:
+            name = current_generation(self.data_dir)
+        except GenerationError as exc:
+            self._refuse(str(exc), str(exc))
+            return
+        if not name or name == self._refused or (self._generation is not None and name == self._generation.name):
+            return
+        try:
+            self.reload(name)
+        except Exception as exc:  # noqa: BLE001 - the watcher must survive any bad generation
+            self._refuse(name, f"{type(exc).__name__}: {exc}")
+
+    def _refuse(self, name: str, reason: str) -> None:
+        if name == self._refused:
+            return
+        self._refused, self.last_error = name, reason
+        if self.metrics is not None:
+            self.metrics.reload_failures.inc()
+        log.error("not switching to %s: %s; %s keeps serving", name, reason,
+                  self._generation.name if self._generation else "nothing")
+
+    def close_retired(self, now: float | None = None) -> list[str]:
+        """Close the replaced generations whose grace period is over; returns their names."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            due = [g for t, g in self._retired if t <= now]
+            self._retired = [(t, g) for t, g in self._retired if t > now]
+        for gen in due:
+            gen.catalog.close()
+            log.info("closed retired generation %s", gen.name)
+        return [g.name for g in due]
+
+    def close(self) -> None:
+        """Close every generation (at shutdown)."""
+        self.close_retired(now=float("inf"))
+        with self._lock:
+            current, self._generation = self._generation, None
+        if current is not None:
+            current.catalog.close()

@@ -26,13 +26,22 @@ class Settings(BaseSettings):
                                "requests run side by side, so 1 keeps a small CPU from being oversubscribed")
     max_concurrent_forwards: int | None = Field(default=None, ge=1, description="None: one per core")
 
-    # request limits
-    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # request limits (README "Limits"): every body, image, list and file a caller can make us handle is bounded
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="one image, as sent")
+    max_batch_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="the whole /search/batch body")
+    max_small_body_bytes: int = Field(default=64 * 1024, ge=1024, description="bodies of every other route")
+    max_query_bytes: int = Field(default=1024 * 1024, ge=1024, description="the URL's query string")
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
+    max_aspect_ratio: float = Field(default=10.0, ge=1.0, description="long side over short side of an image")
     max_k: int = Field(default=100, ge=1)
     max_candidates: int = Field(default=100_000, ge=1)
+    max_categories: int = Field(default=1000, ge=1)
     max_batch_queries: int = Field(default=32, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    file_roots: list[Path] = Field(default_factory=list, description="folders whose files a caller may make the "
+                                   "service open (reindex catalogs and their images); empty: data_dir and demo_dir")
+    max_catalog_bytes: int = Field(default=1024**3, ge=1, description="a catalog file given to /admin/reindex")
+    max_image_file_bytes: int = Field(default=50 * 1024 * 1024, ge=1, description="an image file read or served")
 
     # search planning
     exact_threshold: int = Field(default=100_000, ge=0, description="candidate sets up to this size are scored exactly")
@@ -47,6 +56,8 @@ class Settings(BaseSettings):
 
     # service behaviour
     reload_interval_s: float = Field(default=2.0, ge=0, description="0 disables watching for new generations")
+    retire_after_s: float = Field(default=120.0, ge=0, description="a replaced generation's files are closed this "
+                                  "long after the swap (requests still holding it finish first)")
     admin_api_key: str | None = Field(default=None, description="X-API-Key for /admin; None disables /admin")
     search_api_key: str | None = Field(default=None, description="X-API-Key for search; None leaves search open")
     cors_origins: list[str] = Field(default_factory=list, description='e.g. ["https://shop.example"]')
@@ -60,5 +71,9 @@ class Settings(BaseSettings):
         """The re-index job's options from these settings; ``overrides`` set per-run choices (CLI flags)."""
         fields: dict[str, Any] = {"checkpoint": self.checkpoint, "flat_threshold": self.flat_threshold,
                                   "batch_size": self.batch_size, "workers": self.workers,
-                                  "keep": self.keep_generations}
+                                  "keep": self.keep_generations, "max_image_bytes": self.max_image_file_bytes}
         return BuildOptions(**{**fields, **overrides})
+
+    def roots(self) -> list[Path]:
+        """The configured file roots, resolved (default: the data and demo folders)."""
+        return [p.resolve() for p in (self.file_roots or [self.data_dir, self.demo_dir])]

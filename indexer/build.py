@@ -28,6 +28,7 @@ from indexer.generations import (
     publish,
 )
 from indexer.faiss_store import build_store
+from indexer.file_roots import FileRefused, confined_file
 from indexer.index_choice import DEFAULT_FLAT_THRESHOLD, TARGET_RECALL, IndexReport, choose_index
 from indexer.shards import DEFAULT_SHARD_SIZE, ShardSet
 from indexer.catalog_store import create_store
@@ -57,6 +58,10 @@ class BuildOptions:
     target_recall: float = TARGET_RECALL
     work_root: Path | None = None
     keep_work: bool = False
+    # When the catalog came from a caller (/admin/reindex): every image it lists must be a regular file of at most
+    # max_image_bytes inside these folders (see indexer.file_roots). None: the operator's own catalog, unchecked.
+    file_roots: tuple[Path, ...] | None = None
+    max_image_bytes: int = 50 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -87,12 +92,15 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
     killed job re-run with the same catalog resumes from the last finished shard. Everything is validated before
     the swap; on any failure the partial generation is removed (the shards stay, for the re-run) and the served
     generation is untouched. ``overrides`` replace single fields of ``options``; ``embed`` replaces the embedder's
-    forward (tests inject a failing one to simulate a killed job).
+    forward (tests inject a failing one to simulate a killed job). The caller holds the data dir's lock
+    (``indexer.locking``).
     """
     opts = replace(options or BuildOptions(), **overrides)
     timer = StageTimer()
     with timer("ingest"):
         rows = read_catalog(catalog)
+        if opts.file_roots is not None:
+            rows = confine_images(catalog, rows, opts.file_roots, opts.max_image_bytes)
     gen_dir = new_generation_dir(data_dir)
     try:
         with timer("hash"):
@@ -114,15 +122,27 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
             index_device="cuda" if gpu_available() else "cpu",
         )
         write_json_atomic(gen_dir / MANIFEST, manifest.model_dump())
+        publish(data_dir, gen_dir.name)
     except BaseException:
-        shutil.rmtree(gen_dir, ignore_errors=True)
+        shutil.rmtree(gen_dir, ignore_errors=True)  # a failed publish leaves the pointer on the old generation
         raise
-    publish(data_dir, gen_dir.name)
     if not opts.keep_work:
         shards.remove()
     pruned = prune_generations(data_dir, opts.keep)
     log.info("published %s (%d items); pruned %s", gen_dir.name, len(rows), pruned or "nothing")
     return manifest
+
+
+def confine_images(catalog: Path, rows: list[CatalogRow], roots: Sequence[Path], max_bytes: int) -> list[CatalogRow]:
+    """The rows with their images resolved; an image outside ``roots``, not a regular file or too large is a
+    CatalogError naming its line."""
+    confined = []
+    for row in rows:
+        try:
+            confined.append(replace(row, image=confined_file(row.image, roots, max_bytes)))
+        except FileRefused as exc:
+            raise CatalogError(catalog, row.line, exc.message) from None
+    return confined
 
 
 def dedupe(catalog: Path, rows: Sequence[CatalogRow]) -> DedupMap:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from indexer.shards import DEFAULT_SHARD_SIZE, ShardSet
 from models import Embedder, ImageRejected, load_image
-from models.preprocess import DEFAULT_MAX_PIXELS
+from models.preprocess import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class _ImageDataset(Dataset):
         if self.decoder == "tensor" and _plain_jpeg(data, self.max_pixels):
             return _Item(i, None, torch.frombuffer(bytearray(data), dtype=torch.uint8), "")
         try:
-            image = load_image(data, draft_size=self.size, max_pixels=self.max_pixels)
+            image = load_image(data, draft_size=self.size, short_side=self.size, max_pixels=self.max_pixels)
             return _Item(i, self.transform(image), None, "")
         except ImageRejected as exc:
             return _Item(i, None, None, f"{exc.code}: {exc.message}")
@@ -167,7 +167,9 @@ def _plain_jpeg(data: bytes, max_pixels: int) -> bool:
     """A baseline RGB/greyscale JPEG within the pixel limit (header only): safe for nvJPEG, same result as PIL."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.format == "JPEG" and image.mode in ("RGB", "L") and image.size[0] * image.size[1] <= max_pixels
+            width, height = image.size
+            return (image.format == "JPEG" and image.mode in ("RGB", "L") and width * height <= max_pixels
+                    and max(width, height) <= DEFAULT_MAX_ASPECT_RATIO * min(width, height))
     except Exception:  # noqa: BLE001 - anything odd goes through the PIL path, which reports it properly
         return False
 

@@ -8,6 +8,7 @@ old or the new name, never a half-written file. A build writes a new directory b
 from __future__ import annotations
 
 import shutil
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from models.atomic import write_text_atomic
 
 POINTER = "CURRENT"
 PREFIX = "gen-"
+NAME = re.compile(r"gen-[0-9]{6,}")
 WORK = "work"  # data_dir/work: resumable extraction shards of the job in progress
 
 # The files of one generation directory.
@@ -60,12 +62,19 @@ def generations_dir(data_dir: Path) -> Path:
     return data_dir / "generations"
 
 
+def check_generation_name(name: str) -> str:
+    """``name`` if it is a generation name (gen-NNNNNN), so it can never point outside generations/."""
+    if not NAME.fullmatch(name):
+        raise GenerationError(f"{name!r} is not a generation name (gen- and six or more digits)")
+    return name
+
+
 def list_generations(data_dir: Path) -> list[str]:
     """Completed generations (those with a manifest), oldest first."""
     root = generations_dir(data_dir)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.name.startswith(PREFIX) and (p / MANIFEST).is_file())
+    return sorted(p.name for p in root.iterdir() if NAME.fullmatch(p.name) and (p / MANIFEST).is_file())
 
 
 def new_generation_dir(data_dir: Path) -> Path:
@@ -80,24 +89,30 @@ def new_generation_dir(data_dir: Path) -> Path:
 
 def publish(data_dir: Path, generation: str) -> None:
     """Make ``generation`` the served one, atomically."""
+    check_generation_name(generation)
     if not (generations_dir(data_dir) / generation / MANIFEST).is_file():
         raise GenerationError(f"generation {generation} is incomplete (no manifest)")
     write_text_atomic(data_dir / POINTER, generation + "\n")
 
 
 def current_generation(data_dir: Path) -> str | None:
+    """The served generation's name; None before the first publish. A pointer naming no generation (edited
+    by hand) is a GenerationError."""
     pointer = data_dir / POINTER
     if not pointer.is_file():
         return None
-    name = pointer.read_text().strip()
-    return name or None
+    name = pointer.read_text(errors="replace")[:256].strip()
+    return check_generation_name(name) if name else None
 
 
 def read_manifest(generation_dir: Path) -> Manifest:
+    """The generation's manifest; a missing, unreadable or invalid one is a GenerationError."""
     try:
-        return Manifest.model_validate_json((generation_dir / MANIFEST).read_text())
+        return Manifest.model_validate_json((generation_dir / MANIFEST).read_bytes())
     except FileNotFoundError:
         raise GenerationError(f"{generation_dir} has no manifest") from None
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise GenerationError(f"{generation_dir} has an unreadable manifest: {str(exc).splitlines()[0]}") from None
 
 
 def prune_generations(data_dir: Path, keep: int) -> list[str]:

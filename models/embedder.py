@@ -34,10 +34,12 @@ class Embedder:
         self.transform = build_transform(self.image_size, model.mean, model.std)
         self.model_id = model_fingerprint(model)
 
-    def load(self, source: bytes | str, max_pixels: int | None = None) -> Image.Image:
-        """Decode one image with the model's draft size (see :func:`models.preprocess.load_image`)."""
-        kwargs = {"max_pixels": max_pixels} if max_pixels is not None else {}
-        return load_image(source, draft_size=self.image_size, **kwargs)
+    def load(self, source: bytes | str, max_pixels: int | None = None, max_aspect_ratio: float | None = None) -> Image.Image:
+        """Decode one image at bounded cost, shrunk in Pillow to the model's input scale (see
+        :func:`models.preprocess.load_image`)."""
+        limits = {k: v for k, v in {"max_pixels": max_pixels, "max_aspect_ratio": max_aspect_ratio}.items()
+                  if v is not None}
+        return load_image(source, draft_size=self.image_size, short_side=self.image_size, **limits)  # type: ignore[arg-type]
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)

@@ -23,6 +23,9 @@ from app.serving import ServiceState
 from app.settings import Settings
 from indexer import CatalogError, CatalogRow, GenerationError, build_generation
 from models.atomic import write_bytes_atomic
+from indexer.delta import DeltaChange
+from indexer.file_roots import FileRefused, confined_file
+from indexer.locking import DataDirLock, DataDirLocked
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
@@ -30,7 +33,8 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 4
 
 
 class ReindexRunner:
-    """At most one background full rebuild at a time; its state is what GET /admin/reindex shows."""
+    """At most one background full rebuild at a time, holding the data dir's lock (so no CLI job runs beside
+    it); its state is what GET /admin/reindex shows, and any failure ends it as ``failed`` with the reason."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -40,20 +44,28 @@ class ReindexRunner:
         with self._lock:
             if self.job.state == "running":
                 raise ApiError(409, "reindex_running", f"a re-index of {self.job.catalog} is already running")
+            lock = DataDirLock(settings.data_dir, f"reindex of {catalog} (service)")
+            try:
+                lock.acquire()
+            except DataDirLocked as exc:
+                raise ApiError(409, "data_dir_locked", str(exc)) from None
             self.job = ReindexJob(state="running", catalog=str(catalog))
-        threading.Thread(target=self._run, args=(state, settings, catalog), daemon=True).start()
+        threading.Thread(target=self._run, args=(state, settings, catalog, lock), daemon=True).start()
         return self.job
 
-    def _run(self, state: ServiceState, settings: Settings, catalog: Path) -> None:
+    def _run(self, state: ServiceState, settings: Settings, catalog: Path, lock: DataDirLock) -> None:
         try:
             assert state.embedder is not None
             manifest = build_generation(catalog, settings.data_dir, state.embedder,
-                                        settings.build_options(progress=False))
+                                        settings.build_options(progress=False, file_roots=tuple(settings.roots())))
             state.reload(manifest.generation)
             job = ReindexJob(state="done", catalog=str(catalog), generation=manifest.generation)
-        except (CatalogError, GenerationError, OSError, RuntimeError, ValueError) as exc:
-            log.error("re-index of %s failed: %s", catalog, exc)
-            job = ReindexJob(state="failed", catalog=str(catalog), message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the job ends and says why
+            reason = str(exc) if isinstance(exc, CatalogError | GenerationError) else f"{type(exc).__name__}: {exc}"
+            log.exception("re-index of %s failed: %s", catalog, reason)
+            job = ReindexJob(state="failed", catalog=str(catalog), message=reason)
+        finally:
+            lock.release()
         with self._lock:
             self.job = job
 
@@ -70,7 +82,7 @@ ReindexDep = Annotated[ReindexRunner, Depends(get_reindex)]
 def reload(state: StateDep) -> ReloadResult:
     try:
         gen = state.reload()
-    except GenerationError as exc:
+    except Exception as exc:  # noqa: BLE001 - any bad generation is refused; the served one stays
         raise ApiError(409, "reload_refused", f"{exc}; the previous generation keeps serving") from None
     return ReloadResult(generation=gen.name, model_id=gen.manifest.model_id, items=gen.catalog.count)
 
@@ -80,9 +92,12 @@ def reload(state: StateDep) -> ReloadResult:
 def reindex(body: ReindexRequest, state: StateDep, settings: SettingsDep, runner: ReindexDep) -> ReindexJob:
     if state.embedder is None:
         raise ApiError(503, "not_ready", "no model loaded yet")
-    catalog = Path(body.catalog)
-    if not catalog.is_file():
-        raise ApiError(404, "catalog_not_found", f"no catalog file at {catalog}")
+    try:
+        catalog = confined_file(body.catalog, settings.roots(), settings.max_catalog_bytes)
+    except FileRefused as exc:
+        status = {"not_found": 404, "outside_roots": 403, "file_too_large": 413}.get(exc.code, 400)
+        raise ApiError(status, "catalog_not_found" if exc.code == "not_found" else f"catalog_{exc.code}",
+                       exc.message) from None
     return runner.start(state, settings, catalog)
 
 
@@ -121,21 +136,26 @@ async def upsert_item(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
     data = check_image(await image.read(settings.max_upload_bytes + 1), settings.max_upload_bytes)
     vector = (await embed_uploads(request, state, settings, [data], {}))[0]
-    image_format = Image.open(io.BytesIO(data)).format or "bin"
-    path = _store_upload(settings, data, image_format)
     catalog = gen.catalog
-    existed = catalog.by_item_id(item_id) is not None
-    row = CatalogRow(item_id=item_id, product_id=meta.product_id, image=path, title=meta.title,
-                     category=meta.category, description=meta.description, attributes=meta.attributes)
-    await run_in_threadpool(catalog.delta.upsert, row, hashlib.sha256(data).hexdigest(), vector,
-                            catalog.base_id_of(item_id))
-    return ItemChange(item_id=item_id, status="updated" if existed else "created", generation=gen.name)
+    base = catalog.store.by_item_id(item_id)
+
+    def write() -> DeltaChange:
+        path = _store_upload(settings, data, Image.open(io.BytesIO(data)).format or "bin")
+        row = CatalogRow(item_id=item_id, product_id=meta.product_id, image=path, title=meta.title,
+                         category=meta.category, description=meta.description, attributes=meta.attributes)
+        return catalog.delta.upsert(row, hashlib.sha256(data).hexdigest(), vector, base.id if base else None)
+
+    change = await run_in_threadpool(write)
+    return ItemChange(item_id=item_id, status="updated" if change.replaced else "created", generation=gen.name,
+                      version=change.version)
 
 
 @router.delete("/items/{item_id}", response_model=ItemChange, responses=ERRORS,
                summary="Delete one item; it is gone from results at once")
 def delete_item(item_id: str, gen: GenerationDep) -> ItemChange:
     catalog = gen.catalog
-    if catalog.by_item_id(item_id) is None or not catalog.delta.delete(item_id, catalog.base_id_of(item_id)):
+    base = catalog.store.by_item_id(item_id)
+    change = catalog.delta.delete(item_id, base.id if base else None)
+    if change is None:
         raise ApiError(404, "unknown_item", f"no item {item_id!r} in generation {gen.name}")
-    return ItemChange(item_id=item_id, status="deleted", generation=gen.name)
+    return ItemChange(item_id=item_id, status="deleted", generation=gen.name, version=change.version)

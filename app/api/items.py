@@ -7,11 +7,12 @@ from pathlib import Path
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
-from app.deps import GenerationDep, require_search_key
+from app.deps import GenerationDep, SettingsDep, require_search_key
 from app.errors import ApiError
 from app.schemas import ErrorResponse, Item
 from app.serving import LoadedGeneration
 from indexer import StoredItem
+from indexer.file_roots import FileRefused, confined_file
 
 router = APIRouter(tags=["catalog"], dependencies=[Depends(require_search_key)])
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 503)}
@@ -33,9 +34,13 @@ def get_item(gen: GenerationDep, item_id: str) -> Item:
 
 @router.get("/items/{item_id}/image", responses={200: {"content": {"image/*": {}}}, **ERRORS},
             response_class=FileResponse)
-def get_item_image(gen: GenerationDep, item_id: str) -> FileResponse:
+def get_item_image(gen: GenerationDep, settings: SettingsDep, item_id: str) -> FileResponse:
+    """The item's image file, if it lies inside the configured roots (or beside the catalog the generation was
+    built from) and is a regular file of bounded size."""
     item = item_or_404(gen, item_id)
-    path = Path(item.image)
-    if not path.is_file():
-        raise ApiError(404, "image_missing", f"the image file of {item_id!r} is no longer on disk")
+    roots = [*settings.roots(), settings.data_dir / settings.upload_dir_name, Path(gen.manifest.catalog).parent]
+    try:
+        path = confined_file(item.image, roots, settings.max_image_file_bytes)
+    except FileRefused as exc:
+        raise ApiError(404, "image_missing", f"the image of {item_id!r} cannot be served: {exc.message}") from None
     return FileResponse(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -21,12 +21,15 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}}, tags=["ops"])
-def readyz(state: StateDep, response: Response) -> Ready:
+def readyz(request: Request, state: StateDep, response: Response) -> Ready:
+    """Ready when a generation is served and the reload watcher (if enabled) is alive to follow the pointer."""
     gen = state.generation
-    if gen is None:
+    watcher = request.app.state.watcher.status
+    if gen is None or watcher == "stopped":
         response.status_code = 503
-        return Ready(status="not_ready", generation=None, model_id=None, items=0)
-    return Ready(status="ready", generation=gen.name, model_id=gen.manifest.model_id, items=gen.catalog.count)
+    status = "not_ready" if gen is None else "watcher_stopped" if watcher == "stopped" else "ready"
+    return Ready(status=status, generation=gen.name if gen else None, model_id=gen.manifest.model_id if gen else None,
+                 items=gen.catalog.count if gen else 0, watcher=watcher, last_reload_error=state.last_error)
 
 
 @router.get("/metrics", tags=["ops"], response_class=Response)

@@ -50,6 +50,10 @@ def hit(item: StoredItem, score: float) -> Hit:
 def plan_query(options: SearchOptions, settings: Settings, **extra: object) -> PlanQuery:
     if options.k > settings.max_k:
         raise ApiError(422, "k_too_large", f"k is {options.k}; the limit is {settings.max_k}")
+    categories = split_list(options.category)
+    if categories is not None and len(categories) > settings.max_categories:
+        raise ApiError(422, "too_many_categories",
+                       f"{len(categories)} categories; the limit is {settings.max_categories}")
     candidates = split_list(options.candidate_ids)
     if candidates is not None:
         if not candidates:
@@ -62,7 +66,7 @@ def plan_query(options: SearchOptions, settings: Settings, **extra: object) -> P
     if options.keyword_weight > 0 and not options.q:
         raise ApiError(422, "keyword_weight_without_q", "keyword_weight blends BM25 with visual scores: give q too")
     return PlanQuery(k=options.k, offset=options.offset, q=options.q or None, candidate_ids=candidates,
-                     categories=split_list(options.category), group=options.group,
+                     categories=categories, group=options.group,
                      keyword_weight=options.keyword_weight, **extra)  # type: ignore[arg-type]
 
 
@@ -85,6 +89,17 @@ def ranked_response(settings: Settings, gen: LoadedGeneration, vector: np.ndarra
                           model_id=gen.manifest.model_id, timings_ms={k: round(v * 1000, 3) for k, v in timings.items()})
 
 
+def decode_batch_images(batch: BatchSearchRequest, limit: int) -> list[bytes]:
+    """Every query's image bytes; an error names the query it is in."""
+    images = []
+    for n, q in enumerate(batch.queries):
+        try:
+            images.append(decode_base64_image(q.image_base64, limit))
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"queries[{n}]: {exc.message}") from None
+    return images
+
+
 async def embed_uploads(request: Request, state: ServiceState, settings: Settings, images: list[bytes],
                         timings: dict[str, float]) -> np.ndarray:
     """Decode (bounded) and embed query images; concurrent requests share model forwards when batching is on,
@@ -92,8 +107,9 @@ async def embed_uploads(request: Request, state: ServiceState, settings: Setting
     embedder = state.embedder
     assert embedder is not None  # get_generation guarantees it
     start = time.perf_counter()
-    tensors = [await run_in_threadpool(lambda d=data: embedder.preprocess(embedder.load(d, settings.max_pixels)))
-               for data in images]
+    tensors = [await run_in_threadpool(
+        lambda d=data: embedder.preprocess(embedder.load(d, settings.max_pixels, settings.max_aspect_ratio)))
+        for data in images]
     timings["decode"] = time.perf_counter() - start
     start = time.perf_counter()
     if state.batcher is not None and len(tensors) == 1:
@@ -111,7 +127,7 @@ async def search(request: Request, settings: SettingsDep, state: StateDep, gen: 
                  metrics: MetricsDep) -> SearchResponse:
     """The photo comes as a multipart upload (field `image`, options as form fields or query parameters), as a
     raw image body (options as query parameters), or as JSON with `image_base64`."""
-    data, options = await read_search_request(request, settings.max_upload_bytes)
+    data, options = await read_search_request(request, settings.max_upload_bytes, settings.max_query_bytes)
     query = plan_query(options, settings)
     timings: dict[str, float] = {}
     vector = gen.encode((await embed_uploads(request, state, settings, [data], timings))[0])
@@ -127,17 +143,13 @@ async def search(request: Request, settings: SettingsDep, state: StateDep, gen: 
              summary="Several photo searches in one request (one model forward for all)")
 async def search_batch(request: Request, settings: SettingsDep, state: StateDep, gen: GenerationDep,
                        metrics: MetricsDep) -> BatchSearchResponse:
-    limit = settings.max_batch_queries * (settings.max_upload_bytes * 4 // 3) + 64 * 1024
-    batch: BatchSearchRequest = validated(BatchSearchRequest, await read_body(request, limit))  # type: ignore[arg-type]
+    body = await read_body(request, settings.max_batch_body_bytes)
+    batch: BatchSearchRequest = await run_in_threadpool(validated, BatchSearchRequest, body)  # type: ignore[arg-type]
+    del body
     if len(batch.queries) > settings.max_batch_queries:
         raise ApiError(422, "too_many_queries", f"{len(batch.queries)} queries; the limit is {settings.max_batch_queries}")
     queries = [plan_query(q, settings) for q in batch.queries]
-    images = []
-    for n, q in enumerate(batch.queries):
-        try:
-            images.append(decode_base64_image(q.image_base64, settings.max_upload_bytes))
-        except ApiError as exc:
-            raise ApiError(exc.status, exc.code, f"queries[{n}]: {exc.message}") from None
+    images = await run_in_threadpool(decode_batch_images, batch, settings.max_upload_bytes)
     timings: dict[str, float] = {}
     vectors = gen.encode(await embed_uploads(request, state, settings, images, timings))
     responses = [await run_in_threadpool(ranked_response, settings, gen, v, q, dict(timings))

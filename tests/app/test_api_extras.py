@@ -152,8 +152,12 @@ def test_admin_upsert_rejects_bad_metadata_and_images(admin_client):
 
 
 def test_admin_reindex_runs_in_the_background_and_swaps(admin_client, tmp_path):
-    catalog = write_catalog(tmp_path / "cat2", products=4, images=1)
-    assert admin_client.post("/admin/reindex", json={"catalog": str(tmp_path / "nope.csv")},
+    data_dir = admin_client.app.state.settings.data_dir  # a file root by default
+    outside = write_catalog(tmp_path / "cat2", products=4, images=1)
+    r = admin_client.post("/admin/reindex", json={"catalog": str(outside)}, headers=ADMIN)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "catalog_outside_roots"
+    catalog = write_catalog(data_dir / "catalogs" / "cat2", products=4, images=1)
+    assert admin_client.post("/admin/reindex", json={"catalog": str(data_dir / "nope.csv")},
                              headers=ADMIN).status_code == 404
     r = admin_client.post("/admin/reindex", json={"catalog": str(catalog)}, headers=ADMIN)
     assert r.status_code == 202
@@ -166,7 +170,8 @@ def test_admin_reindex_runs_in_the_background_and_swaps(admin_client, tmp_path):
         time.sleep(0.1)
     assert job["state"] == "done", job
     assert admin_client.get("/readyz").json() | {"model_id": None} == {
-        "status": "ready", "generation": job["generation"], "model_id": None, "items": 4}
+        "status": "ready", "generation": job["generation"], "model_id": None, "items": 4, "watcher": "disabled",
+        "last_reload_error": None}
 
 
 def test_requests_past_the_deadline_get_a_json_503(built_data_dir):
