@@ -43,6 +43,12 @@ def copy_generation(data_dir: Path, source: str, number: int) -> str:
     return name
 
 
+def vectors_file(generation: Path) -> Path:
+    """The file the service reads a generation's vectors from (the vector store's flat codes)."""
+    store = generation / "store" / "flat.faiss"
+    return store if store.is_file() else generation / "vectors.npy"
+
+
 def reload_failures(client: TestClient) -> float:
     for line in client.get("/metrics").text.splitlines():
         if line.startswith("lookalike_reload_failures_total "):
@@ -66,7 +72,7 @@ def test_watcher_survives_bad_generations_and_keeps_following_the_pointer(data_d
         bad["manifest"] = copy_generation(data_dir, good, 2)
         (generations_dir(data_dir) / bad["manifest"] / "manifest.json").write_text('{"generation": "half"')
         bad["vectors"] = copy_generation(data_dir, good, 3)
-        (generations_dir(data_dir) / bad["vectors"] / "vectors.npy").write_bytes(b"\x93NUMPY garbage")
+        vectors_file(generations_dir(data_dir) / bad["vectors"]).write_bytes(b"\x93NUMPY garbage")
         bad["sqlite"] = copy_generation(data_dir, good, 4)
         (generations_dir(data_dir) / bad["sqlite"] / "catalog.db").write_bytes(b"SQLite format 3\x00" + b"\x07" * 4096)
         for n, (kind, name) in enumerate(bad.items(), start=1):

@@ -54,7 +54,7 @@ def make_world(tmp: Path, make, spec: IndexSpec, changes: bool) -> World:
             del live[i]
         for n, row in enumerate(_rows(N + 60, N) + _rows(60, 40)):  # 60 new images, 20 replaced ones
             vector = vectors[N + n % 60]
-            new_id = catalog.delta.upsert(row, "h", vector, catalog.base_id_of(row.item_id))
+            new_id = catalog.delta.upsert(row, "h", vector, catalog.base_id_of(row.item_id)).id
             live = {k: v for k, v in live.items() if v[0].item_id != row.item_id}
             live[new_id] = (row, vector)
         catalog.snapshot()
