@@ -18,7 +18,10 @@ from indexer.backends import open_vector_store
 from indexer.generations import CATALOG_DB, check_generation_name, generations_dir
 from indexer.live import LiveCatalog, vector_sync
 from indexer.vector_store import VectorStore
+from indexer.runtime_check import check_compatible
 from models import Embedder, ModelConfig, build_model
+from models.agreement import DEFAULT_MIN_COSINE
+from models.runtime import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +68,17 @@ class LoadedGeneration:
         return np.asarray(vectors, dtype=np.float32)
 
 
-def embedder_for(manifest: Manifest, device: str) -> Embedder:
-    """Rebuild the model that made a generation (its checkpoint, or its config for pretrained networks)."""
+def embedder_for(manifest: Manifest, device: str, options: RuntimeOptions | None = None) -> Embedder:
+    """Rebuild the model that made a generation (its checkpoint, or its config for pretrained networks), run by
+    the configured runtime (int8 calibrates on the images the generation's build calibrated on)."""
     if manifest.checkpoint:
         model = build_model(checkpoint=manifest.checkpoint)
     else:
         model = build_model(ModelConfig.model_validate(manifest.embedding_config))
-    return Embedder(model, device=device)
+    options = options or RuntimeOptions()
+    if options.precision == "int8" and not options.calibration_images:
+        options = options.model_copy(update={"calibration_images": tuple(Path(p) for p in manifest.calibration_images)})
+    return Embedder(model, device=device, options=options)
 
 
 class ServiceState:
@@ -83,9 +90,12 @@ class ServiceState:
     """
 
     def __init__(self, data_dir: Path, device: str = "auto", metrics: ServiceMetrics | None = None,
-                 retire_after_s: float = 120.0) -> None:
+                 retire_after_s: float = 120.0, options: RuntimeOptions | None = None,
+                 min_cosine: float = DEFAULT_MIN_COSINE) -> None:
         self.data_dir = data_dir
         self.device = device
+        self.options = options
+        self.min_cosine = min_cosine
         self.metrics = metrics
         self.retire_after_s = retire_after_s
         self.embedder: Embedder | None = None
@@ -101,7 +111,8 @@ class ServiceState:
         return self._generation
 
     def reload(self, name: str | None = None) -> LoadedGeneration:
-        """Serve ``name`` (default: the pointer's generation); refuse one made by another model."""
+        """Serve ``name`` (default: the pointer's generation); refuse one made by another model, or by another
+        runtime/precision that does not agree with ours (see ``indexer.runtime_check``)."""
         with self._lock:
             name = name or current_generation(self.data_dir)
             if name is None:
@@ -111,12 +122,9 @@ class ServiceState:
             loaded = LoadedGeneration.open(self.data_dir, name, use_gpu=self.device != "cpu")
             try:
                 if self.embedder is None:
-                    self.embedder = embedder_for(loaded.manifest, self.device)
-                if loaded.manifest.model_id != self.embedder.model_id or loaded.manifest.dim != self.embedder.dim:
-                    raise GenerationError(
-                        f"generation {name} was made by model {loaded.manifest.model_id} ({loaded.manifest.dim}d) but "
-                        f"the service runs {self.embedder.model_id} ({self.embedder.dim}d); restart the service to "
-                        "change models")
+                    self.embedder = embedder_for(loaded.manifest, self.device, self.options)
+                check_compatible(name, loaded.manifest, self.embedder, loaded.catalog.store, loaded.vectors.vectors,
+                                 self.min_cosine)
             except BaseException:
                 loaded.catalog.close()
                 raise

@@ -34,11 +34,13 @@ from indexer.shards import DEFAULT_SHARD_SIZE, ShardSet
 from indexer.catalog_store import create_store
 from indexer.vector_index import gpu_available
 from models import Embedder
+from models.agreement import agreement, embed_paths
 from models.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
+AGREEMENT_SAMPLE = 32
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,20 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r} (choose from {', '.join(ENGINES)})")
+
+
+def reference_agreement(embedder: Embedder, paths: Sequence[Path], vectors: np.ndarray,
+                        sample: int = AGREEMENT_SAMPLE) -> dict[str, float] | None:
+    """Cosine of the generation's vectors against PyTorch fp32 on a spread sample of its rows (None when the
+    generation was made by PyTorch fp32 on the CPU itself)."""
+    reference = embedder.reference()
+    if reference is embedder or not paths:
+        return None
+    rows = np.unique(np.linspace(0, len(paths) - 1, num=min(sample, len(paths)), dtype=np.int64))
+    found = agreement(np.asarray(vectors[rows]), embed_paths(reference, [paths[i] for i in rows]))
+    log.info("%s %s vs torch fp32 on %d catalog images: mean cosine %.5f, min %.5f", embedder.runtime_name,
+             embedder.precision, found.count, found.mean, found.min)
+    return {"mean": found.mean, "min": found.min, "count": found.count}
 
 
 class StageTimer:
@@ -109,6 +125,8 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
             shards = extract(catalog, rows, dedup, embedder, opts, opts.work_root or data_dir / WORK, embed)
         with timer("assemble"):
             vectors = assemble(gen_dir, rows, dedup, shards)
+        with timer("agreement"):
+            runtime_agreement = reference_agreement(embedder, [r.image for r in rows], vectors)
         with timer("index"):
             report = build_index(gen_dir, vectors, embedder.dim, opts)
             del vectors
@@ -120,6 +138,9 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
             seconds=timer.seconds, recall_at_10=report.recall_at_10, index_memory_bytes=report.memory_bytes,
             index_build_seconds=report.build_seconds, index_kind=report.kind,
             index_device="cuda" if gpu_available() else "cpu",
+            runtime=embedder.runtime_name, precision=embedder.precision, runtime_agreement=runtime_agreement,
+            calibration_images=[str(p) for p in embedder.options.calibration_images] if embedder.precision == "int8"
+            else [],
         )
         write_json_atomic(gen_dir / MANIFEST, manifest.model_dump())
         publish(data_dir, gen_dir.name)
