@@ -22,7 +22,7 @@ COPY app ./app
 COPY cli ./cli
 COPY demo ./demo
 COPY training ./training
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir './[milvus]' \
     && useradd --create-home --uid 1000 lookalike \
     && mkdir -p /data \
     && chown lookalike /data

@@ -14,7 +14,7 @@ $(BIN)/python:
 # pip takes torch/torchvision from the machine's wheel cache when it has them (see README); the ray extra lets
 # the tests run the Ray Data engine on a local Ray, the milvus extra the vector-store contract on milvus-lite.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[test,ray,milvus,train,onnxruntime,int8,codec]'
+	$(BIN)/pip install -e '.[test,ray,milvus,train]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -46,6 +46,11 @@ lint: install
 
 bench-quality: demo
 	$(BIN)/python bench/demo_quality.py
+
+# Lookalike's vector layer beside FAISS HNSW, hnswlib, Qdrant, LanceDB and pgvector (README: peers)
+bench-peers: install
+	$(BIN)/pip install -e '.[bench]'
+	$(BIN)/python bench/peers.py --size 100000
 
 clean:
 	rm -rf $(VENV) data

@@ -17,11 +17,9 @@ from indexer import CatalogStore, GenerationError, Manifest, current_generation,
 from indexer.backends import open_vector_store
 from indexer.generations import CATALOG_DB, check_generation_name, generations_dir
 from indexer.live import LiveCatalog, vector_sync
+from indexer.milvus_store import MilvusTarget
 from indexer.vector_store import VectorStore
-from indexer.runtime_check import check_compatible
 from models import Embedder, ModelConfig, build_model
-from models.agreement import DEFAULT_MIN_COSINE
-from models.runtime import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +35,27 @@ class LoadedGeneration:
     vectors: VectorStore
 
     @classmethod
-    def open(cls, data_dir: Path, name: str, use_gpu: bool = False) -> LoadedGeneration:
+    def open(cls, data_dir: Path, name: str, use_gpu: bool = False,
+             milvus: MilvusTarget | None = None) -> LoadedGeneration:
         """Open and check a generation; any unreadable or inconsistent file is a GenerationError, and whatever
-        was opened before the failure is closed again."""
+        was opened before the failure is closed again. ``milvus``: where Milvus-backed generations live."""
         path = generations_dir(data_dir) / check_generation_name(name)
         manifest = read_manifest(path)
         store: CatalogStore | None = None
         catalog: LiveCatalog | None = None
         try:
             store = CatalogStore(path / CATALOG_DB)
-            vectors = open_vector_store(path, manifest, use_gpu=use_gpu)
-            if not (store.count == vectors.ntotal == manifest.count):
-                raise GenerationError(f"generation {name} is inconsistent: {store.count} rows, {vectors.ntotal} "
-                                      f"vectors, manifest says {manifest.count}")
             catalog = LiveCatalog(path, store, manifest.count, manifest.dim)
+            rows = catalog
+            vectors = open_vector_store(path, manifest, use_gpu=use_gpu, milvus=milvus,
+                                        row_info=lambda ids: row_labels(rows, ids))
             generation = cls(name, path, manifest, catalog, vectors)
-            catalog.follow(vector_sync(vectors, generation.encode))
+            catalog.follow(vector_sync(vectors, generation.encode))  # the delta's changes, into the store
+            # (checked after the delta is in: a Milvus collection already holds it from an earlier run)
+            if not (store.count == manifest.count and vectors.ntotal == catalog.count):
+                raise GenerationError(f"generation {name} is inconsistent: {store.count} base rows "
+                                      f"({catalog.count} live), {vectors.ntotal} vectors, manifest says "
+                                      f"{manifest.count}")
             return generation
         except Exception as exc:
             if catalog is not None:
@@ -68,17 +71,21 @@ class LoadedGeneration:
         return np.asarray(vectors, dtype=np.float32)
 
 
-def embedder_for(manifest: Manifest, device: str, options: RuntimeOptions | None = None) -> Embedder:
-    """Rebuild the model that made a generation (its checkpoint, or its config for pretrained networks), run by
-    the configured runtime (int8 calibrates on the images the generation's build calibrated on)."""
+def row_labels(catalog: LiveCatalog, ids: np.ndarray) -> tuple[list[str], list[str]]:
+    """(categories, product ids) of rows added since the build, for a vector store that files them beside the
+    vectors (Milvus). Read from the delta itself: this runs inside the catalog's delta follower, under its lock."""
+    items = catalog.delta.snapshot().items
+    found = [items.get(int(i)) for i in ids]
+    return [it.category if it else "" for it in found], [it.product_id if it else "" for it in found]
+
+
+def embedder_for(manifest: Manifest, device: str) -> Embedder:
+    """Rebuild the model that made a generation (its checkpoint, or its config for pretrained networks)."""
     if manifest.checkpoint:
         model = build_model(checkpoint=manifest.checkpoint)
     else:
         model = build_model(ModelConfig.model_validate(manifest.embedding_config))
-    options = options or RuntimeOptions()
-    if options.precision == "int8" and not options.calibration_images:
-        options = options.model_copy(update={"calibration_images": tuple(Path(p) for p in manifest.calibration_images)})
-    return Embedder(model, device=device, options=options)
+    return Embedder(model, device=device)
 
 
 class ServiceState:
@@ -90,12 +97,10 @@ class ServiceState:
     """
 
     def __init__(self, data_dir: Path, device: str = "auto", metrics: ServiceMetrics | None = None,
-                 retire_after_s: float = 120.0, options: RuntimeOptions | None = None,
-                 min_cosine: float = DEFAULT_MIN_COSINE) -> None:
+                 retire_after_s: float = 120.0, milvus: MilvusTarget | None = None) -> None:
         self.data_dir = data_dir
         self.device = device
-        self.options = options
-        self.min_cosine = min_cosine
+        self.milvus = milvus  # where generations built with the Milvus backend keep their vectors
         self.metrics = metrics
         self.retire_after_s = retire_after_s
         self.embedder: Embedder | None = None
@@ -111,20 +116,22 @@ class ServiceState:
         return self._generation
 
     def reload(self, name: str | None = None) -> LoadedGeneration:
-        """Serve ``name`` (default: the pointer's generation); refuse one made by another model, or by another
-        runtime/precision that does not agree with ours (see ``indexer.runtime_check``)."""
+        """Serve ``name`` (default: the pointer's generation); refuse one made by another model."""
         with self._lock:
             name = name or current_generation(self.data_dir)
             if name is None:
                 raise GenerationError(f"no generation published under {self.data_dir}; run `lookalike index` first")
             if self._generation is not None and self._generation.name == name:
                 return self._generation
-            loaded = LoadedGeneration.open(self.data_dir, name, use_gpu=self.device != "cpu")
+            loaded = LoadedGeneration.open(self.data_dir, name, use_gpu=self.device != "cpu", milvus=self.milvus)
             try:
                 if self.embedder is None:
-                    self.embedder = embedder_for(loaded.manifest, self.device, self.options)
-                check_compatible(name, loaded.manifest, self.embedder, loaded.catalog.store, loaded.vectors.vectors,
-                                 self.min_cosine)
+                    self.embedder = embedder_for(loaded.manifest, self.device)
+                if loaded.manifest.model_id != self.embedder.model_id or loaded.manifest.dim != self.embedder.dim:
+                    raise GenerationError(
+                        f"generation {name} was made by model {loaded.manifest.model_id} ({loaded.manifest.dim}d) but "
+                        f"the service runs {self.embedder.model_id} ({self.embedder.dim}d); restart the service to "
+                        "change models")
             except BaseException:
                 loaded.catalog.close()
                 raise

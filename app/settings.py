@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.build import BuildOptions
 from indexer.index_choice import DEFAULT_FLAT_THRESHOLD
-from models.runtime import RuntimeOptions
+from indexer.milvus_store import MilvusTarget
 
 
 class Settings(BaseSettings):
@@ -24,17 +23,6 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     device: str = "auto"
-    runtime: str = Field(default="auto", pattern="^(auto|torch|openvino|onnxruntime)$",
-                         description="inference engine; auto: OpenVINO (else ONNX Runtime, else PyTorch) on a CPU, "
-                         "PyTorch on CUDA")
-    precision: str = Field(default="auto", pattern="^(auto|fp32|bf16|int8)$",
-                           description="auto: bf16 where the engine runs it natively, else fp32; int8 only when asked")
-    runtime_threads: int | None = Field(default=None, ge=1, description="threads per forward for OpenVINO/ONNX "
-                                        "Runtime; None: every core on one request at a time")
-    runtime_cache_dir: Path | None = Field(default=None, description="exported models; None: data_dir/runtime-cache")
-    torch_compile: bool = Field(default=True, description="torch.compile the network on CUDA")
-    runtime_min_cosine: float = Field(default=0.995, gt=0, le=1, description="a generation embedded by another "
-                                      "runtime/precision is served only if it agrees this well (mean cosine)")
     torch_threads: int = Field(default=1, ge=1, description="threads per model forward in the service; concurrent "
                                "requests run side by side, so 1 keeps a small CPU from being oversubscribed")
     max_concurrent_forwards: int | None = Field(default=None, ge=1, description="None: one per core")
@@ -67,6 +55,14 @@ class Settings(BaseSettings):
     keep_generations: int = Field(default=3, ge=1)
     checkpoint: str | None = None
 
+    # where the vectors live: FAISS files in each generation (default), or Milvus (one collection per generation)
+    vector_backend: str = Field(default="faiss", pattern="^(faiss|milvus)$")
+    milvus_uri: str = Field(default="data/milvus.db", description="a file path runs embedded milvus-lite (one "
+                            "process at a time); http://host:19530 a Milvus standalone or cluster")
+    milvus_token: str | None = Field(default=None, description="user:password or API key of a Milvus server")
+    milvus_prefix: str = Field(default="lookalike", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                               description="collections are <prefix>_gen_NNNNNN; the served one is <prefix>_served")
+
     # service behaviour
     reload_interval_s: float = Field(default=2.0, ge=0, description="0 disables watching for new generations")
     retire_after_s: float = Field(default=120.0, ge=0, description="a replaced generation's files are closed this "
@@ -84,15 +80,16 @@ class Settings(BaseSettings):
         """The re-index job's options from these settings; ``overrides`` set per-run choices (CLI flags)."""
         fields: dict[str, Any] = {"checkpoint": self.checkpoint, "flat_threshold": self.flat_threshold,
                                   "batch_size": self.batch_size, "workers": self.workers,
-                                  "keep": self.keep_generations, "max_image_bytes": self.max_image_file_bytes}
+                                  "keep": self.keep_generations, "max_image_bytes": self.max_image_file_bytes,
+                                  "milvus": self.milvus_target()}
         return BuildOptions(**{**fields, **overrides})
-
-    def runtime_options(self, calibration_images: Sequence[Path] = ()) -> RuntimeOptions:
-        """How this process runs the network (see ``models.runtime``)."""
-        return RuntimeOptions(runtime=self.runtime, precision=self.precision, threads=self.runtime_threads,
-                              cache_dir=self.runtime_cache_dir or self.data_dir / "runtime-cache",
-                              compile=self.torch_compile, calibration_images=tuple(calibration_images))
 
     def roots(self) -> list[Path]:
         """The configured file roots, resolved (default: the data and demo folders)."""
         return [p.resolve() for p in (self.file_roots or [self.data_dir, self.demo_dir])]
+
+    def milvus_target(self) -> MilvusTarget | None:
+        """The Milvus to keep new generations' vectors in (None: FAISS files); serving a Milvus generation needs it."""
+        if self.vector_backend != "milvus":
+            return None
+        return MilvusTarget(self.milvus_uri, self.milvus_token, self.milvus_prefix)

@@ -12,52 +12,39 @@ from app.settings import Settings
 from cli.common import fail, make_embedder, settings_of
 from indexer import CatalogError, GenerationError, build_generation, current_generation, list_generations, publish, read_catalog
 from indexer.generations import generations_dir, read_manifest
+from indexer.milvus_generations import point_served_alias
 from indexer.incremental import apply_incremental
 from indexer.index_choice import IndexBudgetError
 from indexer.ray_extract import RayUnavailable
 from indexer.shards import DEFAULT_SHARD_SIZE
 
 index_app = typer.Typer(add_completion=False)
-INT8_CALIBRATION_IMAGES = 64
-
-
-def calibration_images(settings: Settings, catalog: Path) -> list[Path]:
-    """int8 only: the catalog's first distinct images (the int8 model is calibrated on them)."""
-    if settings.precision != "int8":
-        return []
-    try:
-        return list(dict.fromkeys(r.image for r in read_catalog(catalog)))[:INT8_CALIBRATION_IMAGES]
-    except CatalogError as exc:
-        raise fail(str(exc)) from None
 
 
 def run_index(settings: Settings, catalog: Path, checkpoint: str | None, progress: bool = True, *,
               engine: str = "local", memory_budget_gb: float | None = None, flat_threshold: int | None = None,
               shard_size: int = DEFAULT_SHARD_SIZE, decoder: str = "auto") -> None:
     """Build and publish a new generation; a failure leaves the served one untouched and exits 2."""
-    embedder = make_embedder(settings, checkpoint, calibration_images(settings, catalog))
+    embedder = make_embedder(settings, checkpoint)
     try:
         options = settings.build_options(
             checkpoint=checkpoint, flat_threshold=flat_threshold or settings.flat_threshold, progress=progress,
             engine=engine, memory_budget_bytes=int(memory_budget_gb * 2**30) if memory_budget_gb else None,
             shard_size=shard_size, decoder=decoder)
         manifest = build_generation(catalog, settings.data_dir, embedder, options)
-    except (CatalogError, IndexBudgetError, RayUnavailable, ValueError) as exc:
+    except (CatalogError, GenerationError, IndexBudgetError, RayUnavailable, RuntimeError, ValueError) as exc:
         raise fail(f"{exc} (nothing was published; the served index is unchanged)") from None
     typer.echo(f"published {manifest.generation}: {manifest.count} images ({manifest.unique_images} distinct), "
                f"{manifest.index_factory} index (nprobe {manifest.nprobe}, recall@10 {manifest.recall_at_10}), "
-               f"model {manifest.model_id} on {manifest.runtime} {manifest.precision}, {manifest.seconds}")
+               f"model {manifest.model_id}, {manifest.seconds}")
 
 
 def run_incremental(settings: Settings, catalog: Path, checkpoint: str | None, progress: bool) -> None:
     """Apply the catalog's adds, changes and deletes to the served generation's delta."""
-    served = current_generation(settings.data_dir)
-    calibration = ([Path(p) for p in read_manifest(generations_dir(settings.data_dir) / served).calibration_images]
-                   if served and settings.precision == "int8" else [])
-    embedder = make_embedder(settings, checkpoint, calibration)
+    embedder = make_embedder(settings, checkpoint)
     try:
         result = apply_incremental(catalog, settings.data_dir, embedder, batch_size=settings.batch_size,
-                                   workers=settings.workers, progress=progress, min_cosine=settings.runtime_min_cosine)
+                                   workers=settings.workers, progress=progress)
     except (CatalogError, GenerationError) as exc:
         raise fail(f"{exc} (nothing was changed)") from None
     typer.echo(f"{result.generation}: {result.added} added, {result.updated} updated, {result.deleted} deleted, "
@@ -89,12 +76,18 @@ def index(
     flat_threshold: Annotated[int | None, typer.Option(help="exact index up to this many vectors (default: settings)")] = None,
     shard_size: Annotated[int, typer.Option(help="images per resumable extraction shard")] = DEFAULT_SHARD_SIZE,
     decoder: Annotated[str, typer.Option(help="auto (GPU JPEG decode on CUDA), pil or tensor")] = "auto",
+    vector_backend: Annotated[str | None, typer.Option(help="faiss (files in the generation) or milvus (a collection "
+                                                       "at LOOKALIKE_MILVUS_URI); default: settings")] = None,
     incremental: Annotated[bool, typer.Option("--incremental/--full", help="--full (default): build a new generation "
                                               "and swap to it; --incremental: apply the catalog's adds, changes and "
                                               "deletes to the served generation's delta, at once")] = False,
 ) -> None:
     """Build a new generation from the catalog and publish it atomically; a killed run resumes its extraction."""
     settings = settings_of(ctx)
+    if vector_backend is not None:
+        if vector_backend not in ("faiss", "milvus"):
+            raise fail(f"unknown vector backend {vector_backend!r} (faiss or milvus)")
+        settings = settings.model_copy(update={"vector_backend": vector_backend})
     if incremental:
         run_incremental(settings, catalog, checkpoint or settings.checkpoint, progress)
         return
@@ -128,6 +121,7 @@ def rollback(
         to = older[-1]
     try:
         publish(settings.data_dir, to)
-    except GenerationError as exc:
+        point_served_alias(settings.data_dir, to, settings.milvus_target())  # Milvus's alias follows the pointer
+    except (GenerationError, RuntimeError, ValueError) as exc:
         raise fail(str(exc)) from None
     typer.echo(f"now serving {to} (was {served})")

@@ -30,17 +30,17 @@ from indexer.generations import (
 from indexer.faiss_store import build_store
 from indexer.file_roots import FileRefused, confined_file
 from indexer.index_choice import DEFAULT_FLAT_THRESHOLD, TARGET_RECALL, IndexReport, choose_index
+from indexer.milvus_generations import build_milvus_store, drop_pruned, point_served_alias
+from indexer.milvus_store import MilvusTarget
 from indexer.shards import DEFAULT_SHARD_SIZE, ShardSet
 from indexer.catalog_store import create_store
 from indexer.vector_index import gpu_available
 from models import Embedder
-from models.agreement import agreement, embed_paths
 from models.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-AGREEMENT_SAMPLE = 32
 
 
 @dataclass(frozen=True)
@@ -64,24 +64,13 @@ class BuildOptions:
     # max_image_bytes inside these folders (see indexer.file_roots). None: the operator's own catalog, unchecked.
     file_roots: tuple[Path, ...] | None = None
     max_image_bytes: int = 50 * 1024 * 1024
+    # Where the vectors go: None, FAISS files in the generation; a Milvus, one new collection per generation
+    # (written straight from the extraction shards; see indexer.milvus_generations).
+    milvus: MilvusTarget | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r} (choose from {', '.join(ENGINES)})")
-
-
-def reference_agreement(embedder: Embedder, paths: Sequence[Path], vectors: np.ndarray,
-                        sample: int = AGREEMENT_SAMPLE) -> dict[str, float] | None:
-    """Cosine of the generation's vectors against PyTorch fp32 on a spread sample of its rows (None when the
-    generation was made by PyTorch fp32 on the CPU itself)."""
-    reference = embedder.reference()
-    if reference is embedder or not paths:
-        return None
-    rows = np.unique(np.linspace(0, len(paths) - 1, num=min(sample, len(paths)), dtype=np.int64))
-    found = agreement(np.asarray(vectors[rows]), embed_paths(reference, [paths[i] for i in rows]))
-    log.info("%s %s vs torch fp32 on %d catalog images: mean cosine %.5f, min %.5f", embedder.runtime_name,
-             embedder.precision, found.count, found.mean, found.min)
-    return {"mean": found.mean, "min": found.min, "count": found.count}
 
 
 class StageTimer:
@@ -103,8 +92,9 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
                      embed: EmbedFn | None = None, **overrides: Any) -> Manifest:
     """Index ``catalog`` into a new generation beside the served one, then swap the pointer to it.
 
-    The stages are ``ingest -> extract -> assemble -> index -> publish``. Distinct images are embedded into
-    resumable shards under ``options.work_root`` (default ``data_dir/work``), keyed by model and image content: a
+    The stages are ``ingest -> extract -> assemble -> index -> publish`` (with ``options.milvus``: ``ingest ->
+    extract -> milvus -> publish``, the shards' rows written straight into a new collection). Distinct images
+    are embedded into resumable shards under ``options.work_root`` (default ``data_dir/work``), keyed by model and image content: a
     killed job re-run with the same catalog resumes from the last finished shard. Everything is validated before
     the swap; on any failure the partial generation is removed (the shards stay, for the re-run) and the served
     generation is untouched. ``overrides`` replace single fields of ``options``; ``embed`` replaces the embedder's
@@ -123,13 +113,18 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
             dedup = dedupe(catalog, rows)
         with timer("extract"):
             shards = extract(catalog, rows, dedup, embedder, opts, opts.work_root or data_dir / WORK, embed)
-        with timer("assemble"):
-            vectors = assemble(gen_dir, rows, dedup, shards)
-        with timer("agreement"):
-            runtime_agreement = reference_agreement(embedder, [r.image for r in rows], vectors)
-        with timer("index"):
-            report = build_index(gen_dir, vectors, embedder.dim, opts)
-            del vectors
+        if opts.milvus is not None:
+            with timer("milvus"):
+                create_store(gen_dir / CATALOG_DB, rows, dedup.hashes)
+                milvus_store, report = build_milvus_store(
+                    shards, dedup, rows, opts.milvus, gen_dir.name, embedder.model_id, embedder.dim,
+                    use_ray=opts.engine == "ray", store_dir=gen_dir / VECTOR_STORE)
+        else:
+            with timer("assemble"):
+                vectors = assemble(gen_dir, rows, dedup, shards)
+            with timer("index"):
+                report = build_index(gen_dir, vectors, embedder.dim, opts)
+                del vectors
         manifest = Manifest(
             generation=gen_dir.name, created_at=datetime.now(UTC).isoformat(), model_id=embedder.model_id,
             embedding_config=embedder.model.config.model_dump(), checkpoint=opts.checkpoint, dim=embedder.dim,
@@ -138,18 +133,19 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
             seconds=timer.seconds, recall_at_10=report.recall_at_10, index_memory_bytes=report.memory_bytes,
             index_build_seconds=report.build_seconds, index_kind=report.kind,
             index_device="cuda" if gpu_available() else "cpu",
-            runtime=embedder.runtime_name, precision=embedder.precision, runtime_agreement=runtime_agreement,
-            calibration_images=[str(p) for p in embedder.options.calibration_images] if embedder.precision == "int8"
-            else [],
+            vector_backend="faiss" if opts.milvus is None else "milvus",
+            milvus_collection=None if opts.milvus is None else milvus_store.collection,
         )
         write_json_atomic(gen_dir / MANIFEST, manifest.model_dump())
         publish(data_dir, gen_dir.name)
     except BaseException:
         shutil.rmtree(gen_dir, ignore_errors=True)  # a failed publish leaves the pointer on the old generation
         raise
+    point_served_alias(data_dir, gen_dir.name, opts.milvus)  # Milvus's alias follows the pointer
     if not opts.keep_work:
         shards.remove()
     pruned = prune_generations(data_dir, opts.keep)
+    drop_pruned(opts.milvus, pruned)
     log.info("published %s (%d items); pruned %s", gen_dir.name, len(rows), pruned or "nothing")
     return manifest
 

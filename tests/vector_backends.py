@@ -34,3 +34,20 @@ def faiss_gpu(vectors: np.ndarray, spec: IndexSpec, tmp: Path) -> VectorStore:
 
 
 BACKENDS = [pytest.param(faiss_cpu, id="faiss-cpu"), pytest.param(faiss_gpu, id="faiss-gpu")]
+
+
+def milvus_lite(vectors: np.ndarray, spec: IndexSpec, tmp: Path) -> VectorStore:
+    """MilvusStore on embedded milvus-lite: a FLAT collection. Milvus picks its own index, so only the Flat case
+    runs (an IVF spec would repeat it)."""
+    if spec.factory != "Flat":
+        pytest.skip("Milvus builds its own index: the Flat case covers it")
+    pytest.importorskip("pymilvus")
+    from indexer.milvus_store import MilvusStore, connect
+
+    store = MilvusStore.create(connect(str(tmp / "milvus.db")), "contract", vectors.shape[1], model_id="test",
+                               embedded=True)
+    store.upsert(vectors, np.arange(len(vectors)))
+    return store
+
+
+BACKENDS.append(pytest.param(milvus_lite, id="milvus-lite"))
