@@ -14,7 +14,7 @@ $(BIN)/python:
 # pip takes torch/torchvision from the machine's wheel cache when it has them (see README); the ray extra lets
 # the tests run the Ray Data engine on a local Ray, the milvus extra the vector-store contract on milvus-lite.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[test,ray,milvus,train]'
+	$(BIN)/pip install -e '.[test,ray,milvus,train,onnxruntime,int8,codec]'
 	touch $@
 
 install: $(VENV)/.installed

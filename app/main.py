@@ -33,6 +33,19 @@ def _limit_threads(settings: Settings) -> None:
     faiss.omp_set_num_threads(settings.torch_threads)
 
 
+def forward_slots(state: ServiceState, settings: Settings) -> int:
+    """Forwards allowed at once: as many as the cores hold, given each forward's threads (an OpenVINO or ONNX
+    Runtime forward takes every core by default, so requests take turns; a 1-thread torch forward, one per core)."""
+    if settings.max_concurrent_forwards is not None:
+        return settings.max_concurrent_forwards
+    cores = os.cpu_count() or 1
+    runtime = state.embedder.runtime if state.embedder is not None else None
+    if runtime is None or runtime.device.type != "cpu":
+        return cores
+    threads = getattr(runtime, "threads", None) or (settings.torch_threads if runtime.name == "torch" else cores)
+    return max(1, cores // threads)
+
+
 def _start_batcher(state: ServiceState, settings: Settings) -> MicroBatcher | None:
     """Micro-batch concurrent query embeddings where it pays (a GPU); on the CPU one forward per request is faster."""
     embedder = state.embedder
@@ -98,14 +111,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _limit_threads(settings)
         state = ServiceState(settings.data_dir, settings.device, metrics=app.state.metrics,
-                             retire_after_s=settings.retire_after_s, milvus=settings.milvus_target())
+                             retire_after_s=settings.retire_after_s, options=settings.runtime_options(),
+                             min_cosine=settings.runtime_min_cosine, milvus=settings.milvus_target())
         app.state.service = state
-        app.state.forward_slots = asyncio.Semaphore(settings.max_concurrent_forwards or os.cpu_count() or 1)
         try:
             await asyncio.to_thread(state.reload)
             await asyncio.to_thread(state.warm_up)
         except Exception as exc:  # noqa: BLE001 - serve /healthz and 503s, and wait for a good generation
             log.warning("starting without an index: %s", exc)
+        app.state.forward_slots = asyncio.Semaphore(forward_slots(state, settings))
         state.batcher = _start_batcher(state, settings)
         watcher = ReloadWatcher(state, settings.reload_interval_s, app.state.metrics)
         app.state.watcher = watcher

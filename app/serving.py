@@ -19,7 +19,10 @@ from indexer.generations import CATALOG_DB, check_generation_name, generations_d
 from indexer.live import LiveCatalog, vector_sync
 from indexer.milvus_store import MilvusTarget
 from indexer.vector_store import VectorStore
+from indexer.runtime_check import check_compatible
 from models import Embedder, ModelConfig, build_model
+from models.agreement import DEFAULT_MIN_COSINE
+from models.runtime import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +82,17 @@ def row_labels(catalog: LiveCatalog, ids: np.ndarray) -> tuple[list[str], list[s
     return [it.category if it else "" for it in found], [it.product_id if it else "" for it in found]
 
 
-def embedder_for(manifest: Manifest, device: str) -> Embedder:
-    """Rebuild the model that made a generation (its checkpoint, or its config for pretrained networks)."""
+def embedder_for(manifest: Manifest, device: str, options: RuntimeOptions | None = None) -> Embedder:
+    """Rebuild the model that made a generation (its checkpoint, or its config for pretrained networks), run by
+    the configured runtime (int8 calibrates on the images the generation's build calibrated on)."""
     if manifest.checkpoint:
         model = build_model(checkpoint=manifest.checkpoint)
     else:
         model = build_model(ModelConfig.model_validate(manifest.embedding_config))
-    return Embedder(model, device=device)
+    options = options or RuntimeOptions()
+    if options.precision == "int8" and not options.calibration_images:
+        options = options.model_copy(update={"calibration_images": tuple(Path(p) for p in manifest.calibration_images)})
+    return Embedder(model, device=device, options=options)
 
 
 class ServiceState:
@@ -97,9 +104,12 @@ class ServiceState:
     """
 
     def __init__(self, data_dir: Path, device: str = "auto", metrics: ServiceMetrics | None = None,
-                 retire_after_s: float = 120.0, milvus: MilvusTarget | None = None) -> None:
+                 retire_after_s: float = 120.0, options: RuntimeOptions | None = None,
+                 min_cosine: float = DEFAULT_MIN_COSINE, milvus: MilvusTarget | None = None) -> None:
         self.data_dir = data_dir
         self.device = device
+        self.options = options
+        self.min_cosine = min_cosine
         self.milvus = milvus  # where generations built with the Milvus backend keep their vectors
         self.metrics = metrics
         self.retire_after_s = retire_after_s
@@ -116,7 +126,8 @@ class ServiceState:
         return self._generation
 
     def reload(self, name: str | None = None) -> LoadedGeneration:
-        """Serve ``name`` (default: the pointer's generation); refuse one made by another model."""
+        """Serve ``name`` (default: the pointer's generation); refuse one made by another model, or by another
+        runtime/precision that does not agree with ours (see ``indexer.runtime_check``)."""
         with self._lock:
             name = name or current_generation(self.data_dir)
             if name is None:
@@ -126,12 +137,9 @@ class ServiceState:
             loaded = LoadedGeneration.open(self.data_dir, name, use_gpu=self.device != "cpu", milvus=self.milvus)
             try:
                 if self.embedder is None:
-                    self.embedder = embedder_for(loaded.manifest, self.device)
-                if loaded.manifest.model_id != self.embedder.model_id or loaded.manifest.dim != self.embedder.dim:
-                    raise GenerationError(
-                        f"generation {name} was made by model {loaded.manifest.model_id} ({loaded.manifest.dim}d) but "
-                        f"the service runs {self.embedder.model_id} ({self.embedder.dim}d); restart the service to "
-                        "change models")
+                    self.embedder = embedder_for(loaded.manifest, self.device, self.options)
+                check_compatible(name, loaded.manifest, self.embedder, loaded.catalog.store, loaded.vectors.vectors,
+                                 self.min_cosine)
             except BaseException:
                 loaded.catalog.close()
                 raise

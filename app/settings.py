@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from indexer.build import BuildOptions
 from indexer.index_choice import DEFAULT_FLAT_THRESHOLD
 from indexer.milvus_store import MilvusTarget
+from models.runtime import RuntimeOptions
 
 
 class Settings(BaseSettings):
@@ -23,6 +25,17 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     device: str = "auto"
+    runtime: str = Field(default="auto", pattern="^(auto|torch|openvino|onnxruntime)$",
+                         description="inference engine; auto: OpenVINO (else ONNX Runtime, else PyTorch) on a CPU, "
+                         "PyTorch on CUDA")
+    precision: str = Field(default="auto", pattern="^(auto|fp32|bf16|int8)$",
+                           description="auto: bf16 where the engine runs it natively, else fp32; int8 only when asked")
+    runtime_threads: int | None = Field(default=None, ge=1, description="threads per forward for OpenVINO/ONNX "
+                                        "Runtime; None: every core on one request at a time")
+    runtime_cache_dir: Path | None = Field(default=None, description="exported models; None: data_dir/runtime-cache")
+    torch_compile: bool = Field(default=True, description="torch.compile the network on CUDA")
+    runtime_min_cosine: float = Field(default=0.995, gt=0, le=1, description="a generation embedded by another "
+                                      "runtime/precision is served only if it agrees this well (mean cosine)")
     torch_threads: int = Field(default=1, ge=1, description="threads per model forward in the service; concurrent "
                                "requests run side by side, so 1 keeps a small CPU from being oversubscribed")
     max_concurrent_forwards: int | None = Field(default=None, ge=1, description="None: one per core")
@@ -83,6 +96,12 @@ class Settings(BaseSettings):
                                   "keep": self.keep_generations, "max_image_bytes": self.max_image_file_bytes,
                                   "milvus": self.milvus_target()}
         return BuildOptions(**{**fields, **overrides})
+
+    def runtime_options(self, calibration_images: Sequence[Path] = ()) -> RuntimeOptions:
+        """How this process runs the network (see ``models.runtime``)."""
+        return RuntimeOptions(runtime=self.runtime, precision=self.precision, threads=self.runtime_threads,
+                              cache_dir=self.runtime_cache_dir or self.data_dir / "runtime-cache",
+                              compile=self.torch_compile, calibration_images=tuple(calibration_images))
 
     def roots(self) -> list[Path]:
         """The configured file roots, resolved (default: the data and demo folders)."""

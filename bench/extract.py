@@ -1,9 +1,10 @@
 """Extraction throughput: the whole pipeline (read + decode + preprocess in DataLoader workers + forward) against
-the model's forward alone on pre-decoded tensors at the same batch size (the floor the pipeline can reach).
+the runtime's forward alone on pre-decoded tensors at the same batch size (the floor the pipeline can reach),
+for PyTorch and the default (optimised) runtime side by side.
 
 Images: the demo catalog's (data/demo/images) when built, else generated JPEG "photos" (640x480).
 
-    .venv/bin/python bench/extract.py --images 256 --batch-size 32 --workers 0,1,2
+    .venv/bin/python bench/extract.py --images 512 --batch-size 32 --workers 0,1,2 --runtimes torch,auto
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.extract import choose_decoder, extract_embeddings  # noqa: E402
-from models import Embedder, ModelConfig, build_model, load_image  # noqa: E402
+from indexer.extract import extract_embeddings  # noqa: E402
+from models import Embedder, ModelConfig, RuntimeOptions, build_model, load_image  # noqa: E402
 
 
 def generated_images(root: Path, n: int, size: tuple[int, int] = (640, 480)) -> list[Path]:
@@ -52,11 +53,14 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--demo-dir", default="data/demo")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtimes", default="torch,auto", help="runtimes side by side (auto: the default one)")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--cache-dir", default="data/runtime-cache", help="where exported models are cached")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    embedder = Embedder(build_model(ModelConfig(image_size=args.image_size)), device=args.device)
+    model = build_model(ModelConfig(image_size=args.image_size))
     demo = sorted(p for p in (Path(args.demo_dir) / "images").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     demo = demo[: args.images]
     tmp = None
@@ -66,30 +70,31 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory()
         paths = generated_images(Path(tmp.name), args.images)
         source = f"{len(paths)} generated 640x480 JPEGs (no demo catalog under {args.demo_dir})"
+    torch.set_num_threads(os.cpu_count() or 1)  # a batch job: every core for the forward (as `lookalike index`)
     print(f"# extraction benchmark on {platform.node()} ({os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {embedder.device}, decoder "
-          f"{choose_decoder(embedder.device)}); shared, loaded machine")
-    print(f"# {source}; model {embedder.model.config.backbone} at {args.image_size}px, dim {embedder.dim}, "
-          f"batch {args.batch_size}")
-
-    batch = torch.stack([embedder.preprocess(load_image(p, draft_size=args.image_size))
-                         for p in paths[: args.batch_size]])
-    embedder.embed_tensors(batch)  # warm-up
-    rounds = max(1, len(paths) // args.batch_size)
-    start = time.perf_counter()
-    for _ in range(rounds):
-        embedder.embed_tensors(batch)
-    floor = rounds * len(batch) / (time.perf_counter() - start)
-
-    print("| pipeline | images/s | of forward-only |")
-    print("|---|---|---|")
-    print(f"| forward only (pre-decoded tensors) | {floor:.1f} | 100% |", flush=True)
-    for workers in (int(w) for w in args.workers.split(",")):
+          f"{torch.get_num_threads()} torch threads); shared, loaded machine")
+    print(f"# {source}; model {model.config.backbone} at {args.image_size}px, batch {args.batch_size}")
+    print("| runtime | pipeline | images/s | of its forward-only |")
+    print("|---|---|---|---|")
+    for runtime in args.runtimes.split(","):
+        embedder = Embedder(model, device=args.device, options=RuntimeOptions(runtime=runtime, precision=args.precision,
+                                                                               cache_dir=Path(args.cache_dir)))
+        label = f"{embedder.runtime_name} {embedder.precision}"
+        batch = torch.stack([embedder.preprocess(load_image(p, draft_size=args.image_size))
+                             for p in paths[: args.batch_size]])
+        embedder.embed_tensors(batch)  # warm-up
+        rounds = max(1, len(paths) // args.batch_size)
         start = time.perf_counter()
-        extract_embeddings(paths, embedder, batch_size=args.batch_size, workers=workers, progress=False)
-        rate = len(paths) / (time.perf_counter() - start)
-        print(f"| decode+preprocess+forward, {workers} DataLoader workers | {rate:.1f} | {100 * rate / floor:.0f}% |",
-              flush=True)
+        for _ in range(rounds):
+            embedder.embed_tensors(batch)
+        floor = rounds * len(batch) / (time.perf_counter() - start)
+        print(f"| {label} | forward only (pre-decoded tensors) | {floor:.1f} | 100% |", flush=True)
+        for workers in (int(w) for w in args.workers.split(",")):
+            start = time.perf_counter()
+            extract_embeddings(paths, embedder, batch_size=args.batch_size, workers=workers, progress=False)
+            rate = len(paths) / (time.perf_counter() - start)
+            print(f"| {label} | decode+preprocess+forward, {workers} DataLoader workers | {rate:.1f} | "
+                  f"{100 * rate / floor:.0f}% |", flush=True)
     if tmp is not None:
         tmp.cleanup()
 

@@ -1,10 +1,12 @@
 """Service latency and throughput over loopback: concurrent photo searches, and keyword-then-image at scale.
 
+For each runtime given (``--runtimes``; PyTorch and OpenVINO side by side by default):
 1. The model's floor: one forward of one preprocessed image (``Embedder.embed_tensors``), in this process.
 2. Micro-batching, in process: 16 concurrent callers embedding through ``app.batching.MicroBatcher`` against
    one unbatched forward per caller.
 3. ``POST /search`` from 1, 4 and 16 concurrent clients (httpx) against ``lookalike``'s app under uvicorn in a
-   subprocess on 127.0.0.1: p50/p95/p99 latency, QPS, and p50 over the forward floor.
+   subprocess on 127.0.0.1 (``LOOKALIKE_RUNTIME`` set to that runtime): p50/p95/p99 latency, QPS, and p50 over
+   the runtime's forward plus the server's search time.
 4. Keyword-then-image with 100, 10k and 100k candidates (``q`` keyword hits and explicit ``candidate_ids``) on a
    synthetic generation of 110k catalog rows made of a few dozen distinct drawn images (byte-identical files are
    embedded once, so it indexes in a minute).
@@ -44,7 +46,7 @@ from app.batching import MicroBatcher
 from app.serving import embedder_for
 from indexer import build_generation, current_generation, read_manifest
 from indexer.generations import generations_dir
-from models import Embedder
+from models import Embedder, RuntimeOptions
 
 COLOURS = [(200, 30, 30), (30, 160, 40), (30, 60, 200), (220, 180, 20), (150, 40, 170), (20, 170, 170), (90, 90, 90)]
 
@@ -170,7 +172,7 @@ async def _batching(embedder: Embedder, tensors: list[torch.Tensor], callers: in
 
 
 @contextmanager
-def serve(data_dir: Path) -> Iterator[str]:
+def serve(data_dir: Path, extra_env: dict[str, str | None] | None = None) -> Iterator[str]:
     """The app under uvicorn in a subprocess, on a loopback socket this process bound (no port race)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -178,6 +180,11 @@ def serve(data_dir: Path) -> Iterator[str]:
     port = sock.getsockname()[1]
     env = {**os.environ, "LOOKALIKE_DATA_DIR": str(data_dir), "LOOKALIKE_RELOAD_INTERVAL_S": "0",
            "LOOKALIKE_DEVICE": "cpu", "LOOKALIKE_MAX_UPLOAD_BYTES": str(20 * 1024 * 1024)}
+    for key, value in (extra_env or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--fd",
                              str(sock.fileno()), "--log-level", "warning", "--no-access-log"],
                             env=env, pass_fds=[sock.fileno()])
@@ -265,6 +272,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="keep synthetic catalogs and generations here and reuse them (default: a temp dir)")
     parser.add_argument("--skip-keyword", action="store_true")
+    parser.add_argument("--runtimes", default="torch,openvino,openvino:1",
+                        help="runtimes to compare side by side; runtime:N sets its threads per forward")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="intra-op threads, here and in the server (LOOKALIKE_TORCH_THREADS); default: torch's")
     args = parser.parse_args()
@@ -291,30 +300,38 @@ def main() -> None:
         print(f"generation {gen} of {data_dir}: {manifest.count} images, {manifest.index_factory}, "
               f"model {manifest.model_id} ({manifest.embedding_config.get('image_size')} px)")
 
-        embedder = embedder_for(manifest, "cpu")
         photos = query_photos(data_dir, args.demo_dir)
-        floor, floor_median = forward_floor(embedder, embedder.load(photos[0]))
-        print(f"\nforward floor: one preprocessed image through embed_tensors: min {floor * 1000:.1f} ms, "
-              f"median {floor_median * 1000:.1f} ms (20 runs)")
-
-        tensors = [embedder.preprocess(embedder.load(photos[i % len(photos)])) for i in range(64)]
-        rows = asyncio.run(_batching(embedder, tensors, callers=16))
+        http_rows, batch_rows, floors = [], [], {}
+        for spec in args.runtimes.split(","):
+            runtime, _, threads = spec.partition(":")
+            env = {"LOOKALIKE_RUNTIME": runtime, "LOOKALIKE_RUNTIME_THREADS": threads or None}
+            options = RuntimeOptions(runtime=runtime, threads=int(threads) if threads else None,
+                                     cache_dir=data_dir / "runtime-cache")
+            embedder = embedder_for(manifest, "cpu", options)
+            label = f"{embedder.runtime_name} {embedder.precision}" + (f" ({threads} thread)" if threads else "")
+            torch.set_num_threads(int(os.environ.get("LOOKALIKE_TORCH_THREADS", "1")))  # as the server sets it
+            floor, floor_median = forward_floor(embedder, embedder.load(photos[0]))
+            floors[label] = (floor, floor_median)
+            tensors = [embedder.preprocess(embedder.load(photos[i % len(photos)])) for i in range(64)]
+            batch_rows += [[label, *row] for row in asyncio.run(_batching(embedder, tensors, callers=16))]
+            del embedder
+            with serve(data_dir, env) as url:
+                for c in clients:
+                    latencies, wall, bodies = asyncio.run(load(url, photos, c, args.requests))
+                    p50, p95, p99 = percentiles(latencies)
+                    search_ms = server_ms(bodies, "search")
+                    http_rows.append([label, c, len(latencies), p50 * 1000, p95 * 1000, p99 * 1000,
+                                      len(latencies) / wall, p50 * 1000 / (floor_median * 1000 + search_ms),
+                                      server_ms(bodies, "decode"), server_ms(bodies, "embed"), search_ms])
+        print("\nforward floor: one preprocessed image, batch 1, the server's threads (20 runs)")
+        print(table(["runtime", "min ms", "median ms"],
+                    [[k, v[0] * 1000, v[1] * 1000] for k, v in floors.items()]))
         print("\nmicro-batching in process: 64 images from 16 concurrent callers")
-        print(table(["strategy", "callers", "forwards", "mean batch", "images/s"], rows))
-        del embedder
-
-        rows = []
-        with serve(data_dir) as url:
-            for c in clients:
-                latencies, wall, bodies = asyncio.run(load(url, photos, c, args.requests))
-                p50, p95, p99 = percentiles(latencies)
-                rows.append([c, len(latencies), p50 * 1000, p95 * 1000, p99 * 1000, len(latencies) / wall,
-                             p50 / floor, server_ms(bodies, "decode"), server_ms(bodies, "embed"),
-                             server_ms(bodies, "search")])
-        print(f"\nPOST /search (k=10, photos {len(photos)} distinct) over 127.0.0.1, {manifest.count} images")
-        print(table(["clients", "requests", "p50 ms", "p95 ms", "p99 ms", "QPS", "p50/floor(min)", "srv decode ms",
-                     "srv embed ms",
-                     "srv search ms"], rows))
+        print(table(["runtime", "strategy", "callers", "forwards", "mean batch", "images/s"], batch_rows))
+        print(f"\nPOST /search (k=10, photos {len(photos)} distinct) over 127.0.0.1, {manifest.count} images; "
+              "ratio = p50 / (median forward + server search)")
+        print(table(["runtime", "clients", "requests", "p50 ms", "p95 ms", "p99 ms", "QPS", "ratio",
+                     "srv decode ms", "srv embed ms", "srv search ms"], http_rows))
 
         if args.skip_keyword:
             return
@@ -326,7 +343,7 @@ def main() -> None:
             print("\nbuilding the 110k-row synthetic generation (60 distinct images) ...")
             start = time.perf_counter()
             catalog = write_synthetic_catalog(work / "large-catalog", rows=110_000, distinct=60, tokens=sizes)
-            ensure_generation(large_dir, catalog, embedder_for(manifest, "cpu"))
+            ensure_generation(large_dir, catalog, embedder_for(manifest, "cpu", RuntimeOptions(runtime="auto")))
             print(f"built in {time.perf_counter() - start:.0f} s")
         large = read_manifest(generations_dir(large_dir) / current_generation(large_dir))
         rows = []

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import typer
 
 from app.settings import Settings
-from models import CheckpointError, Embedder, ModelConfig, build_model
+from models import CheckpointError, Embedder, ModelConfig, RuntimeUnavailable, build_model
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -22,10 +25,11 @@ def settings_of(ctx: typer.Context) -> Settings:
     return root.obj
 
 
-def make_embedder(settings: Settings, checkpoint: str | None) -> Embedder:
-    """The served model (pretrained default, or a trained checkpoint) on the configured device."""
+def make_embedder(settings: Settings, checkpoint: str | None, calibration: Sequence[Path] = ()) -> Embedder:
+    """The served model (pretrained default, or a trained checkpoint) on the configured device and runtime;
+    int8 calibrates on ``calibration``."""
     try:
         model = build_model(ModelConfig(), checkpoint=checkpoint)
-    except CheckpointError as exc:
+        return Embedder(model, device=settings.device, options=settings.runtime_options(calibration))
+    except (CheckpointError, RuntimeUnavailable) as exc:
         raise fail(str(exc)) from None
-    return Embedder(model, device=settings.device)

@@ -19,13 +19,24 @@ from indexer.ray_extract import RayUnavailable
 from indexer.shards import DEFAULT_SHARD_SIZE
 
 index_app = typer.Typer(add_completion=False)
+INT8_CALIBRATION_IMAGES = 64
+
+
+def calibration_images(settings: Settings, catalog: Path) -> list[Path]:
+    """int8 only: the catalog's first distinct images (the int8 model is calibrated on them)."""
+    if settings.precision != "int8":
+        return []
+    try:
+        return list(dict.fromkeys(r.image for r in read_catalog(catalog)))[:INT8_CALIBRATION_IMAGES]
+    except CatalogError as exc:
+        raise fail(str(exc)) from None
 
 
 def run_index(settings: Settings, catalog: Path, checkpoint: str | None, progress: bool = True, *,
               engine: str = "local", memory_budget_gb: float | None = None, flat_threshold: int | None = None,
               shard_size: int = DEFAULT_SHARD_SIZE, decoder: str = "auto") -> None:
     """Build and publish a new generation; a failure leaves the served one untouched and exits 2."""
-    embedder = make_embedder(settings, checkpoint)
+    embedder = make_embedder(settings, checkpoint, calibration_images(settings, catalog))
     try:
         options = settings.build_options(
             checkpoint=checkpoint, flat_threshold=flat_threshold or settings.flat_threshold, progress=progress,
@@ -36,15 +47,18 @@ def run_index(settings: Settings, catalog: Path, checkpoint: str | None, progres
         raise fail(f"{exc} (nothing was published; the served index is unchanged)") from None
     typer.echo(f"published {manifest.generation}: {manifest.count} images ({manifest.unique_images} distinct), "
                f"{manifest.index_factory} index (nprobe {manifest.nprobe}, recall@10 {manifest.recall_at_10}), "
-               f"model {manifest.model_id}, {manifest.seconds}")
+               f"model {manifest.model_id} on {manifest.runtime} {manifest.precision}, {manifest.seconds}")
 
 
 def run_incremental(settings: Settings, catalog: Path, checkpoint: str | None, progress: bool) -> None:
     """Apply the catalog's adds, changes and deletes to the served generation's delta."""
-    embedder = make_embedder(settings, checkpoint)
+    served = current_generation(settings.data_dir)
+    calibration = ([Path(p) for p in read_manifest(generations_dir(settings.data_dir) / served).calibration_images]
+                   if served and settings.precision == "int8" else [])
+    embedder = make_embedder(settings, checkpoint, calibration)
     try:
         result = apply_incremental(catalog, settings.data_dir, embedder, batch_size=settings.batch_size,
-                                   workers=settings.workers, progress=progress)
+                                   workers=settings.workers, progress=progress, min_cosine=settings.runtime_min_cosine)
     except (CatalogError, GenerationError) as exc:
         raise fail(f"{exc} (nothing was changed)") from None
     typer.echo(f"{result.generation}: {result.added} added, {result.updated} updated, {result.deleted} deleted, "

@@ -146,6 +146,20 @@ def format_table(rows: list[tuple[str, dict[str, Any]]], ks: tuple[int, ...] = (
     return "\n".join(lines)
 
 
+def _start_config(checkpoint: Path | None, trained: Any, backbone: str | None, image_size: int | None) -> Any:
+    """The model a checkpoint started from: its backbone with pretrained weights and no (random) projection."""
+    from models.checkpoint import read_checkpoint
+    from models.embedding import ModelConfig
+
+    if checkpoint is None or trained is None:
+        return ModelConfig(backbone=backbone or "efficientnet_lite0", image_size=image_size or 224)
+    extra = read_checkpoint(checkpoint).get("extra", {})
+    train_cfg = (extra.get("trained") or extra.get("train_state") or {}).get("config", {})
+    return ModelConfig(backbone=backbone or trained.config.backbone, pretrained=train_cfg.get("pretrained", True),
+                       weights_path=train_cfg.get("weights_path"), image_size=image_size or trained.config.image_size,
+                       gem_p=train_cfg.get("gem_p", 3.0), seed=train_cfg.get("seed", 0))
+
+
 @train_app.command("eval")
 def eval_command(
     checkpoint: Annotated[Path | None, typer.Option(help="trained checkpoint; its folder's split.json is used")] = None,
@@ -169,25 +183,15 @@ def eval_command(
     """Recall@1/5/10/100 and MAP@R on held-out products: trained checkpoint vs the pretrained start."""
     _require_training_extra()
     try:
-        from models.checkpoint import load_checkpoint, read_checkpoint
-        from models.embedding import EmbeddingNet, ModelConfig
+        from models.checkpoint import load_checkpoint
+        from models.embedding import EmbeddingNet
         from training.splits import SplitError, load_source, split_for
         from training.train import evaluate
 
         if checkpoint is None and not baseline:
             raise SplitError("nothing to evaluate: give --checkpoint or keep --baseline")
-        trained = None
-        start_config = ModelConfig(backbone=backbone or "efficientnet_lite0", image_size=image_size or 224)
-        if checkpoint is not None:
-            trained = load_checkpoint(checkpoint)
-            extra = read_checkpoint(checkpoint).get("extra", {})
-            train_cfg = (extra.get("trained") or extra.get("train_state") or {}).get("config", {})
-            # the starting point: the same backbone with its pretrained weights and no (random) projection
-            start_config = ModelConfig(backbone=backbone or trained.config.backbone,
-                                       pretrained=train_cfg.get("pretrained", True),
-                                       weights_path=train_cfg.get("weights_path"),
-                                       image_size=image_size or trained.config.image_size,
-                                       gem_p=train_cfg.get("gem_p", 3.0), seed=train_cfg.get("seed", 0))
+        trained = load_checkpoint(checkpoint) if checkpoint is not None else None
+        start_config = _start_config(checkpoint, trained, backbone, image_size)
         description, pool, official_test = load_source(catalog, folder, sop, inshop)
         split, samples, origin = split_for(checkpoint.parent if checkpoint else None, pool, official_test,
                                             val_fraction, test_fraction, seed, limit)

@@ -35,12 +35,15 @@ from indexer.milvus_store import MilvusTarget
 from indexer.shards import DEFAULT_SHARD_SIZE, ShardSet
 from indexer.catalog_store import create_store
 from indexer.vector_index import gpu_available
+from indexer.vector_store import VectorStore
 from models import Embedder
+from models.agreement import agreement, embed_paths
 from models.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
+AGREEMENT_SAMPLE = 32
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,30 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r} (choose from {', '.join(ENGINES)})")
+
+
+def reference_agreement(embedder: Embedder, paths: Sequence[Path], vectors: np.ndarray,
+                        sample: int = AGREEMENT_SAMPLE) -> dict[str, float] | None:
+    """Cosine of the generation's vectors against PyTorch fp32 on a spread sample of its rows (None when the
+    generation was made by PyTorch fp32 on the CPU itself)."""
+    reference = embedder.reference()
+    if reference is embedder or not paths:
+        return None
+    rows = np.unique(np.linspace(0, len(paths) - 1, num=min(sample, len(paths)), dtype=np.int64))
+    found = agreement(np.asarray(vectors[rows]), embed_paths(reference, [paths[i] for i in rows]))
+    log.info("%s %s vs torch fp32 on %d catalog images: mean cosine %.5f, min %.5f", embedder.runtime_name,
+             embedder.precision, found.count, found.mean, found.min)
+    return {"mean": found.mean, "min": found.min, "count": found.count}
+
+
+class StoreRows:
+    """``vectors[rows]`` read back from a vector store (a Milvus generation writes no vectors.npy)."""
+
+    def __init__(self, store: VectorStore) -> None:
+        self.store = store
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return self.store.vectors(np.asarray(rows, dtype=np.int64))
 
 
 class StageTimer:
@@ -119,9 +146,13 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
                 milvus_store, report = build_milvus_store(
                     shards, dedup, rows, opts.milvus, gen_dir.name, embedder.model_id, embedder.dim,
                     use_ray=opts.engine == "ray", store_dir=gen_dir / VECTOR_STORE)
+            with timer("agreement"):
+                runtime_agreement = reference_agreement(embedder, [r.image for r in rows], StoreRows(milvus_store))
         else:
             with timer("assemble"):
                 vectors = assemble(gen_dir, rows, dedup, shards)
+            with timer("agreement"):
+                runtime_agreement = reference_agreement(embedder, [r.image for r in rows], vectors)
             with timer("index"):
                 report = build_index(gen_dir, vectors, embedder.dim, opts)
                 del vectors
@@ -133,6 +164,9 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
             seconds=timer.seconds, recall_at_10=report.recall_at_10, index_memory_bytes=report.memory_bytes,
             index_build_seconds=report.build_seconds, index_kind=report.kind,
             index_device="cuda" if gpu_available() else "cpu",
+            runtime=embedder.runtime_name, precision=embedder.precision, runtime_agreement=runtime_agreement,
+            calibration_images=[str(p) for p in embedder.options.calibration_images] if embedder.precision == "int8"
+            else [],
             vector_backend="faiss" if opts.milvus is None else "milvus",
             milvus_collection=None if opts.milvus is None else milvus_store.collection,
         )

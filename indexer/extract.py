@@ -266,7 +266,7 @@ def extract_to_shards(paths: Sequence[Path], unique_hashes: Sequence[str], embed
     one shard, and a shard is written (atomically) as soon as its last batch is embedded.
     An undecodable image raises ImageReadError with its position in ``paths``.
     """
-    store = ShardSet.open(work_root, embedder.model_id, embedder.dim, unique_hashes, shard_size)
+    store = ShardSet.open(work_root, embedder.vectors_id, embedder.dim, unique_hashes, shard_size)
     missing = store.missing()
     if not missing:
         return store

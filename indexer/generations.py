@@ -56,6 +56,15 @@ class Manifest(BaseModel):
     index_build_seconds: float | None = None
     index_kind: str | None = None
     index_device: str = "cpu"
+    # How the vectors were computed (absent from older manifests: PyTorch fp32). Query vectors must come from the
+    # same runtime and precision, or be shown to agree (see indexer.runtime_check). ``runtime_agreement`` is the
+    # measured cosine of this runtime's vectors against PyTorch fp32 on a sample of the catalog ({mean, min,
+    # count}); int8 also records its calibration images and, for the demo catalog, its Recall@1.
+    runtime: str = "torch"
+    precision: str = "fp32"
+    runtime_agreement: dict[str, float] | None = None
+    calibration_images: list[str] = []
+    demo_recall_at_1: float | None = None
     # Where the vectors live: "faiss" (files in the generation) or "milvus" (the collection named here).
     vector_backend: str = "faiss"
     milvus_collection: str | None = None

@@ -18,7 +18,9 @@ from indexer.delta import DeltaLog
 from indexer.extract import ImageReadError, extract_deduplicated, hash_images
 from indexer.generations import GenerationError, current_generation, generations_dir, read_manifest
 from indexer.catalog_store import CatalogStore, row_digest
+from indexer.runtime_check import check_compatible
 from models import Embedder
+from models.agreement import DEFAULT_MIN_COSINE
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class IncrementalResult:
 
 
 def apply_incremental(catalog: Path, data_dir: Path, embedder: Embedder, *, batch_size: int = 64, workers: int = 2,
-                      progress: bool = True) -> IncrementalResult:
+                      progress: bool = True, min_cosine: float = DEFAULT_MIN_COSINE) -> IncrementalResult:
     """Diff ``catalog`` against the served generation (base + delta) and write the differences to its delta."""
     rows = read_catalog(catalog)
     name = current_generation(data_dir)
@@ -39,10 +41,14 @@ def apply_incremental(catalog: Path, data_dir: Path, embedder: Embedder, *, batc
         raise GenerationError("no generation is served yet: run a full `lookalike index` first")
     gen_dir = generations_dir(data_dir) / name
     manifest = read_manifest(gen_dir)
-    if manifest.model_id != embedder.model_id:
-        raise GenerationError(f"{name} was built by {manifest.model_id}, not {embedder.model_id}: run a full rebuild")
     store = CatalogStore(gen_dir / CATALOG_DB)
-    base_count = int(np.load(gen_dir / VECTORS, mmap_mode="r").shape[0])
+    base_vectors = np.load(gen_dir / VECTORS, mmap_mode="r")
+    try:
+        check_compatible(name, manifest, embedder, store, lambda ids: base_vectors[ids], min_cosine)
+    except GenerationError as exc:
+        store.close()
+        raise GenerationError(f"{exc}; run a full rebuild") from None
+    base_count = int(base_vectors.shape[0])
     delta = DeltaLog(gen_dir, base_count, manifest.dim)
     try:
         base = store.fingerprints()

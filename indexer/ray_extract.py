@@ -70,7 +70,7 @@ def extract_to_shards_ray(paths: Sequence[Path], unique_hashes: Sequence[str], e
         import ray.data
     except ImportError:
         raise RayUnavailable("the ray engine needs Ray: pip install 'lookalike[ray]'") from None
-    store = ShardSet.open(work_root, embedder.model_id, embedder.dim, unique_hashes, shard_size)
+    store = ShardSet.open(work_root, embedder.vectors_id, embedder.dim, unique_hashes, shard_size)
     missing = store.missing()
     if not missing:
         return store

@@ -5,9 +5,11 @@ from models.checkpoint import CheckpointError, build_model, load_checkpoint, mod
 from models.embedder import Embedder, pick_device
 from models.embedding import EmbeddingNet, ModelConfig
 from models.preprocess import ImageRejected, build_transform, load_image
+from models.runtime import RuntimeOptions, RuntimeUnavailable
 
 __all__ = [
     "CheckpointError", "Embedder", "EmbeddingNet", "ImageRejected", "ModelConfig", "UnknownBackbone",
     "WeightsUnavailable", "available_backbones", "build_model", "build_transform", "create_backbone",
-    "load_checkpoint", "load_image", "model_fingerprint", "pick_device", "save_checkpoint",
+    "load_checkpoint", "load_image", "model_fingerprint", "pick_device", "save_checkpoint", "RuntimeOptions",
+    "RuntimeUnavailable",
 ]

@@ -1,9 +1,8 @@
-"""Runs an EmbeddingNet for inference: device choice, batching, bf16/channels_last on GPU."""
+"""Runs an EmbeddingNet for inference through a runtime (PyTorch, OpenVINO or ONNX Runtime; see models.runtime)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from PIL import Image
 from models.checkpoint import model_fingerprint
 from models.embedding import EmbeddingNet
 from models.preprocess import build_transform, load_image
+from models.runtime import InferenceRuntime, RuntimeOptions, create_runtime
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -22,17 +22,54 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 class Embedder:
-    """Turns images into float32 unit vectors with one model, one preprocessing and one id."""
+    """Turns images into float32 unit vectors with one model, one preprocessing, one runtime and one id.
 
-    def __init__(self, model: EmbeddingNet, device: str = "auto") -> None:
-        self.device = pick_device(device)
-        self.model = model.eval().to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+    ``model_id`` names the network (architecture + weights); ``runtime_name`` and ``precision`` name how it
+    was run. Vectors are comparable when all three match, or when the runtimes are shown to agree.
+    """
+
+    def __init__(self, model: EmbeddingNet, device: str = "auto", options: RuntimeOptions | None = None) -> None:
+        self.options = options or RuntimeOptions()
+        self.model = model.eval()
         self.dim = model.dim
         self.image_size = model.config.image_size
         self.transform = build_transform(self.image_size, model.mean, model.std)
         self.model_id = model_fingerprint(model)
+        self.runtime: InferenceRuntime = create_runtime(model, self.options, pick_device(device))
+        self.device = self.runtime.device
+        # What ``auto`` resolved to, so a copy of this embedder elsewhere (a Ray actor) makes the same vectors.
+        self.options = self.options.model_copy(update={"runtime": self.runtime.name, "precision": self.runtime.precision})
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled without the engine (compiled models do not pickle); it is rebuilt, from the cache, on load."""
+        state = self.__dict__.copy()
+        del state["runtime"]
+        state["device"] = str(self.device)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.runtime = create_runtime(self.model, self.options, torch.device(str(state["device"])))
+        self.device = self.runtime.device
+
+    @property
+    def runtime_name(self) -> str:
+        return self.runtime.name
+
+    @property
+    def precision(self) -> str:
+        return self.runtime.precision
+
+    @property
+    def vectors_id(self) -> str:
+        """Model, runtime and precision: what the vectors' values depend on (e.g. for resumable shards)."""
+        return f"{self.model_id}/{self.runtime_name}-{self.precision}"
+
+    def reference(self) -> Embedder:
+        """The same network in PyTorch fp32 on the CPU: what every runtime is checked against."""
+        if (self.runtime_name, self.precision, self.device.type) == ("torch", "fp32", "cpu"):
+            return self
+        return Embedder(self.model, device="cpu", options=RuntimeOptions(runtime="torch", precision="fp32"))
 
     def load(self, source: bytes | str, max_pixels: int | None = None, max_aspect_ratio: float | None = None) -> Image.Image:
         """Decode one image at bounded cost, shrunk in Pillow to the model's input scale (see
@@ -44,17 +81,9 @@ class Embedder:
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
 
-    @torch.inference_mode()
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
-        """A preprocessed batch (N,3,S,S) -> (N,D) float32."""
-        batch = batch.to(self.device, non_blocking=True)
-        autocast = nullcontext()
-        if self.device.type == "cuda":
-            batch = batch.to(memory_format=torch.channels_last)
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-        with autocast:
-            out = self.model(batch)
-        return out.float().cpu().numpy().astype(np.float32, copy=False)
+        """A preprocessed batch (N,3,S,S) -> (N,D) float32 unit vectors."""
+        return self.runtime.forward(batch)
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """PIL images -> (N,D) float32 unit vectors."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,17 @@ def built_data_dir(tmp_path_factory: pytest.TempPathFactory, catalog_path: Path,
     data_dir = tmp_path_factory.mktemp("data")
     build_generation(catalog_path, data_dir, embedder, workers=0, progress=False)
     return data_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One export cache for the whole run (services in tests default to LOOKALIKE_RUNTIME=auto, i.e. OpenVINO):
+    each model is exported once, not once per test data dir."""
+    path = tmp_path_factory.mktemp("runtime-cache")
+    previous = os.environ.get("LOOKALIKE_RUNTIME_CACHE_DIR")
+    os.environ["LOOKALIKE_RUNTIME_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("LOOKALIKE_RUNTIME_CACHE_DIR", None)
+    else:
+        os.environ["LOOKALIKE_RUNTIME_CACHE_DIR"] = previous

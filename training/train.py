@@ -298,128 +298,185 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
 # ---------------------------------------------------------------------------------------------- train
 
 
-def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample] | None, config: TrainConfig | dict | None,
-          out_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train, validate each epoch, checkpoint; see the module docstring for what lands in ``out_dir``."""
-    config = TrainConfig.model_validate(config or {}) if not isinstance(config, TrainConfig) else config
-    out_dir = Path(out_dir)
-    val_samples = list(val_samples or [])
-    check_training_data(train_samples, val_samples, config)
-    classes = products_of(train_samples)
-    last_path, best_path = out_dir / LAST_FILE, out_dir / BEST_FILE
+@dataclass
+class _Progress:
+    """Where a run stands: the best epoch so far and the metrics history (restored on resume)."""
 
-    state: dict[str, Any] | None = None
-    if resume:
-        model, state = _resume_state(last_path, config, classes)
-    else:
-        seed_everything(config.seed)
-        model = EmbeddingNet(config.to_model_config())
-    out_dir.mkdir(parents=True, exist_ok=True)
+    start_epoch: int = 0
+    best_epoch: int = 0
+    best_score: tuple[float, float] = (-1.0, -1.0)
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_metrics: dict[str, Any] | None = None
 
-    device = pick_device(config.device)
-    cuda = device.type == "cuda"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed + 1)
-        bundle = build_loss(config.loss, len(classes), model.dim)
-    model.to(device)
-    if cuda:
-        model.to(memory_format=torch.channels_last)
-    bundle.to(device)
-    optimizer = _make_optimizer(model, bundle, config)
-    steps = config.steps_per_epoch or max(1, len(train_samples) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.epochs * steps, config.min_lr_factor))
 
-    start_epoch, best_epoch, best_score, best_metrics = 0, 0, (-1.0, -1.0), {}
-    history: list[dict[str, Any]] = []
-    start_metrics = None
-    if state is not None:
-        bundle.load_state_dict(state["loss_state"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_epoch = int(state["epoch"]), int(state["best_epoch"])
-        best_score, best_metrics = tuple(state["best_score"]), dict(state["best_metrics"])
-        history = [row for row in read_metrics(out_dir) if row["epoch"] <= start_epoch]
-        start_metrics = next((row for row in history if row["epoch"] == 0), None)
+@dataclass
+class _Run:
+    """One training run's moving parts; ``train`` drives it through its named stages."""
 
-    mean, std = model.mean, model.std
-    train_ds = ImageDataset(train_samples, train_transform(config, mean, std), classes=classes,
-                            draft_size=config.image_size * 2, cache=config.cache_images,
-                            cache_size=int(config.image_size * 1.15) if config.cache_images else None)
+    config: TrainConfig
+    out_dir: Path
+    model: EmbeddingNet
+    bundle: LossBundle
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    dataset: ImageDataset
+    val_samples: list[Sample]
+    classes: list[str]
+    steps: int
+    progress: bool
 
-    def validate() -> dict[str, Any]:
-        if not val_samples:
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def validate(self) -> dict[str, Any]:
+        if not self.val_samples:
             return {}
-        metrics = evaluate(model, val_samples, config.eval_batch_size, str(device), config.num_workers)
+        metrics = evaluate(self.model, self.val_samples, self.config.eval_batch_size, str(self.device),
+                           self.config.num_workers)
         return {f"val_{name}": value for name, value in metrics.items()}
 
-    if state is None:
-        history = []
-        if config.eval_start and val_samples:
-            started = time.perf_counter()
-            start_metrics = {"epoch": 0, "loss": None, "lr": None, "frozen": None, **validate(),
-                             "seconds": round(time.perf_counter() - started, 2)}
-            history.append(start_metrics)
-            if progress:
-                tqdm.write(f"epoch 0 (start): {format_metrics(_unprefix(start_metrics))}")
-        _write_metrics(out_dir, history)
-
-    config_json = config.model_dump(mode="json")
-    for epoch in range(start_epoch + 1, config.epochs + 1):
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass of P x K batches; returns the epoch's metrics row (loss, lr, validation, seconds)."""
+        config = self.config
         started = time.perf_counter()
         frozen = epoch <= config.frozen_epochs
-        _set_trainable(model, frozen, config.freeze_bn)
+        _set_trainable(self.model, frozen, config.freeze_bn)
         epoch_seed = config.seed * 100_003 + epoch
         torch.manual_seed(epoch_seed)
-        loader = make_train_loader(train_ds, config.p, config.k, steps, epoch_seed, config.num_workers, cuda)
+        loader = make_train_loader(self.dataset, config.p, config.k, self.steps, epoch_seed, config.num_workers,
+                                   self.cuda)
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}{' (frozen)' if frozen else ''}",
-                   disable=not progress, leave=False)
+                   disable=not self.progress, leave=False)
         for images, labels in bar:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if cuda:
-                images = images.to(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
-                embeddings = model(images)
-            loss = bundle(embeddings.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            value = float(loss.detach())
+            value = self.step(images, labels)
             if not math.isfinite(value):
                 raise TrainError(f"training loss became {value} at epoch {epoch}; lower the learning rate")
             total, count = total + value, count + 1
             bar.set_postfix(loss=f"{total / count:.4f}")
         train_seconds = time.perf_counter() - started
-        row: dict[str, Any] = {"epoch": epoch, "loss": total / max(count, 1),
-                               "lr": optimizer.param_groups[0]["lr"], "head_lr": optimizer.param_groups[1]["lr"],
-                               "frozen": frozen, **validate(), "train_seconds": round(train_seconds, 2),
-                               "seconds": round(time.perf_counter() - started, 2)}
-        history.append(row)
-        score = (row.get("val_map@r", 0.0), row.get("val_recall@1", 0.0)) if val_samples else (float(epoch), 0.0)
-        if score > best_score:
-            best_score, best_epoch, best_metrics = score, epoch, _unprefix(row)
-            save_checkpoint(best_path, model, {"trained": {"epoch": epoch, "metrics": best_metrics,
-                                                           "config": config_json, "classes": len(classes)}})
-        save_checkpoint(last_path, model, {"train_state": {
-            "epoch": epoch, "config": config_json, "classes": classes,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "loss_state": bundle.state_dict(), "best_epoch": best_epoch, "best_score": list(best_score),
-            "best_metrics": best_metrics,
+        return {"epoch": epoch, "loss": total / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"],
+                "head_lr": self.optimizer.param_groups[1]["lr"], "frozen": frozen, **self.validate(),
+                "train_seconds": round(train_seconds, 2), "seconds": round(time.perf_counter() - started, 2)}
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimiser step on a batch; returns its loss."""
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        if self.cuda:
+            images = images.to(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext():
+            embeddings = self.model(images)
+        loss = self.bundle(embeddings.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def checkpoint(self, state: _Progress, row: dict[str, Any]) -> None:
+        """``best.pt`` when the epoch beats the best (by validation MAP@R, then Recall@1), ``last.pt`` always."""
+        config_json = self.config.model_dump(mode="json")
+        epoch = row["epoch"]
+        score = (row.get("val_map@r", 0.0), row.get("val_recall@1", 0.0)) if self.val_samples else (float(epoch), 0.0)
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.best_metrics = score, epoch, _unprefix(row)
+            save_checkpoint(self.out_dir / BEST_FILE, self.model, {"trained": {
+                "epoch": epoch, "metrics": state.best_metrics, "config": config_json, "classes": len(self.classes)}})
+        save_checkpoint(self.out_dir / LAST_FILE, self.model, {"train_state": {
+            "epoch": epoch, "config": config_json, "classes": self.classes,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "loss_state": self.bundle.state_dict(), "best_epoch": state.best_epoch,
+            "best_score": list(state.best_score), "best_metrics": state.best_metrics,
         }})
-        _write_metrics(out_dir, history)
-        plot_history(history, out_dir / PLOT_FILE, f"{config.backbone} / {config.loss}")
+
+    def restore(self, saved: dict[str, Any]) -> _Progress:
+        """Optimiser, schedule, loss parameters and the best-so-far from ``last.pt``'s training state."""
+        self.bundle.load_state_dict(saved["loss_state"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        start_epoch = int(saved["epoch"])
+        history = [row for row in read_metrics(self.out_dir) if row["epoch"] <= start_epoch]
+        return _Progress(start_epoch, int(saved["best_epoch"]), tuple(saved["best_score"]),
+                         dict(saved["best_metrics"]), history,
+                         next((row for row in history if row["epoch"] == 0), None))
+
+    def evaluate_start(self) -> _Progress:
+        """A fresh run's epoch 0: the starting model's validation metrics, when asked for."""
+        state = _Progress()
+        if self.config.eval_start and self.val_samples:
+            started = time.perf_counter()
+            state.start_metrics = {"epoch": 0, "loss": None, "lr": None, "frozen": None, **self.validate(),
+                                   "seconds": round(time.perf_counter() - started, 2)}
+            state.history.append(state.start_metrics)
+            if self.progress:
+                tqdm.write(f"epoch 0 (start): {format_metrics(_unprefix(state.start_metrics))}")
+        _write_metrics(self.out_dir, state.history)
+        return state
+
+
+def _prepare(train_samples: Sequence[Sample], val_samples: list[Sample], config: TrainConfig, out_dir: Path,
+             resume: bool, progress: bool) -> tuple[_Run, dict[str, Any] | None]:
+    """The model (fresh or from ``last.pt``), loss, optimiser, schedule and data of a run."""
+    classes = products_of(train_samples)
+    saved: dict[str, Any] | None = None
+    if resume:
+        model, saved = _resume_state(out_dir / LAST_FILE, config, classes)
+    else:
+        seed_everything(config.seed)
+        model = EmbeddingNet(config.to_model_config())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(config.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + 1)
+        bundle = build_loss(config.loss, len(classes), model.dim)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    bundle.to(device)
+    optimizer = _make_optimizer(model, bundle, config)
+    steps = config.steps_per_epoch or max(1, len(train_samples) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.epochs * steps, config.min_lr_factor))
+    dataset = ImageDataset(train_samples, train_transform(config, model.mean, model.std), classes=classes,
+                           draft_size=config.image_size * 2, cache=config.cache_images,
+                           cache_size=int(config.image_size * 1.15) if config.cache_images else None)
+    run = _Run(config, out_dir, model, bundle, optimizer, scheduler, device, dataset, val_samples, classes, steps,
+               progress)
+    return run, saved
+
+
+def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample] | None, config: TrainConfig | dict | None,
+          out_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train, validate each epoch, checkpoint; see the module docstring for what lands in ``out_dir``.
+
+    Stages: check the data, prepare the run (fresh or resumed), evaluate the start, then per epoch train,
+    validate, checkpoint and plot.
+    """
+    config = TrainConfig.model_validate(config or {}) if not isinstance(config, TrainConfig) else config
+    out_dir = Path(out_dir)
+    val_samples = list(val_samples or [])
+    check_training_data(train_samples, val_samples, config)
+    run, saved = _prepare(train_samples, val_samples, config, out_dir, resume, progress)
+    state = run.restore(saved) if saved is not None else run.evaluate_start()
+    title = f"{config.backbone} / {config.loss}"
+    for epoch in range(state.start_epoch + 1, config.epochs + 1):
+        row = run.run_epoch(epoch)
+        state.history.append(row)
+        run.checkpoint(state, row)
+        _write_metrics(out_dir, state.history)
+        plot_history(state.history, out_dir / PLOT_FILE, title)
         if progress:
             tqdm.write(f"epoch {epoch}: loss {row['loss']:.4f}  {format_metrics(_unprefix(row)) if val_samples else ''}"
                        f"  ({row['seconds']:.0f}s)")
-
-    if not history or not (out_dir / PLOT_FILE).exists():
-        plot_history(history, out_dir / PLOT_FILE, f"{config.backbone} / {config.loss}")
-    return TrainResult(out_dir, best_path, last_path, best_epoch, best_metrics, history, start_metrics,
-                       epochs_run=config.epochs - start_epoch)
+    if not state.history or not (out_dir / PLOT_FILE).exists():
+        plot_history(state.history, out_dir / PLOT_FILE, title)
+    return TrainResult(out_dir, out_dir / BEST_FILE, out_dir / LAST_FILE, state.best_epoch, state.best_metrics,
+                       state.history, state.start_metrics, epochs_run=config.epochs - state.start_epoch)
 
 
 def _unprefix(row: dict[str, Any]) -> dict[str, Any]:

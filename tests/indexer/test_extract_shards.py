@@ -1,6 +1,7 @@
 """Resumable sharded extraction, dedupe through shards, and the decoder choice (GPU path's CPU twin)."""
 
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -112,7 +113,12 @@ def test_decoder_choice_takes_the_cpu_path_here():
         choose_decoder(torch.device("cpu"), "nvjpeg")
 
 
-def test_tensor_jpeg_path_matches_the_pil_path(tmp_path, embedder):
+@pytest.mark.parametrize("library", ["torchcodec", "torchvision"])
+def test_tensor_jpeg_path_matches_the_pil_path(tmp_path, embedder, library, monkeypatch):
+    if library == "torchvision":  # TorchCodec missing: torchvision.io's (deprecated) decoder takes over
+        monkeypatch.setitem(sys.modules, "torchcodec", None)
+    else:
+        pytest.importorskip("torchcodec.decoders")
     paths = []
     for p in range(3):
         draw_product(p, 0).save(tmp_path / f"small-{p}.jpg", quality=92)  # 160 px: decoded at full size
@@ -120,7 +126,11 @@ def test_tensor_jpeg_path_matches_the_pil_path(tmp_path, embedder):
     draw_product(5, 1, size=640).save(tmp_path / "large.jpg", quality=92)  # PIL may draft-decode this one
     draw_product(6, 1).convert("L").save(tmp_path / "grey.jpg", quality=92)
     Image.new("RGBA", (90, 70), (10, 200, 30, 128)).save(tmp_path / "alpha.png")  # not a JPEG: PIL fallback
-    paths += [tmp_path / "large.jpg", tmp_path / "grey.jpg", tmp_path / "alpha.png"]
+    rotated = Image.new("RGB", (120, 60), (200, 40, 40))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # EXIF: rotate 90 degrees on display; nvJPEG would not, so it takes the PIL path
+    rotated.save(tmp_path / "rotated.jpg", quality=92, exif=exif)
+    paths += [tmp_path / "large.jpg", tmp_path / "grey.jpg", tmp_path / "rotated.jpg", tmp_path / "alpha.png"]
 
     jpegs = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths[:5]]
     tensors = decode_jpegs(jpegs, embedder.transform, torch.device("cpu"))
@@ -133,7 +143,7 @@ def test_tensor_jpeg_path_matches_the_pil_path(tmp_path, embedder):
     via_tensor = extract_embeddings(paths, embedder, workers=0, progress=False, decoder="tensor")
     cosine = (via_pil * via_tensor).sum(axis=1)
     assert cosine.min() > 0.99
-    assert np.array_equal(via_pil[-1], via_tensor[-1])  # the PNG took the same PIL path
+    assert np.array_equal(via_pil[-2:], via_tensor[-2:])  # the rotated JPEG and the PNG took the same PIL path
 
 
 def test_dataloader_workers_give_the_same_vectors(tmp_path, embedder):
