@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -9,14 +10,15 @@ from typing import Annotated
 import typer
 
 from app.settings import Settings
-from cli.common import fail, make_embedder, settings_of
+from cli.common import fail, holding_data_dir, make_embedder, settings_of
 from indexer import CatalogError, GenerationError, build_generation, current_generation, list_generations, publish, read_catalog
-from indexer.generations import generations_dir, read_manifest
+from indexer.generations import check_generation_name, generations_dir, read_manifest
 from indexer.milvus_generations import point_served_alias
 from indexer.incremental import apply_incremental
 from indexer.index_choice import IndexBudgetError
 from indexer.ray_extract import RayUnavailable
 from indexer.shards import DEFAULT_SHARD_SIZE
+from models import Embedder
 
 index_app = typer.Typer(add_completion=False)
 INT8_CALIBRATION_IMAGES = 64
@@ -35,15 +37,26 @@ def calibration_images(settings: Settings, catalog: Path) -> list[Path]:
 def run_index(settings: Settings, catalog: Path, checkpoint: str | None, progress: bool = True, *,
               engine: str = "local", memory_budget_gb: float | None = None, flat_threshold: int | None = None,
               shard_size: int = DEFAULT_SHARD_SIZE, decoder: str = "auto") -> None:
-    """Build and publish a new generation; a failure leaves the served one untouched and exits 2."""
+    """Build and publish a new generation under the data dir's lock; a failure leaves the served one untouched
+    and exits 2 (3 when another job holds the lock)."""
     embedder = make_embedder(settings, checkpoint, calibration_images(settings, catalog))
+    with holding_data_dir(settings, f"lookalike index {catalog}"):
+        _build_and_publish(settings, catalog, embedder, checkpoint, progress, engine=engine,
+                           memory_budget_gb=memory_budget_gb, flat_threshold=flat_threshold, shard_size=shard_size,
+                           decoder=decoder)
+
+
+def _build_and_publish(settings: Settings, catalog: Path, embedder: Embedder, checkpoint: str | None, progress: bool,
+                       *, engine: str, memory_budget_gb: float | None, flat_threshold: int | None, shard_size: int,
+                       decoder: str) -> None:
     try:
         options = settings.build_options(
             checkpoint=checkpoint, flat_threshold=flat_threshold or settings.flat_threshold, progress=progress,
             engine=engine, memory_budget_bytes=int(memory_budget_gb * 2**30) if memory_budget_gb else None,
             shard_size=shard_size, decoder=decoder)
         manifest = build_generation(catalog, settings.data_dir, embedder, options)
-    except (CatalogError, GenerationError, IndexBudgetError, RayUnavailable, RuntimeError, ValueError) as exc:
+    except (CatalogError, GenerationError, IndexBudgetError, RayUnavailable, RuntimeError, ValueError, OSError,
+            sqlite3.Error) as exc:
         raise fail(f"{exc} (nothing was published; the served index is unchanged)") from None
     typer.echo(f"published {manifest.generation}: {manifest.count} images ({manifest.unique_images} distinct), "
                f"{manifest.index_factory} index (nprobe {manifest.nprobe}, recall@10 {manifest.recall_at_10}), "
@@ -57,8 +70,10 @@ def run_incremental(settings: Settings, catalog: Path, checkpoint: str | None, p
                    if served and settings.precision == "int8" else [])
     embedder = make_embedder(settings, checkpoint, calibration)
     try:
-        result = apply_incremental(catalog, settings.data_dir, embedder, batch_size=settings.batch_size,
-                                   workers=settings.workers, progress=progress, min_cosine=settings.runtime_min_cosine)
+        with holding_data_dir(settings, f"lookalike index --incremental {catalog}"):
+            result = apply_incremental(catalog, settings.data_dir, embedder, batch_size=settings.batch_size,
+                                       workers=settings.workers, progress=progress,
+                                       min_cosine=settings.runtime_min_cosine)
     except (CatalogError, GenerationError) as exc:
         raise fail(f"{exc} (nothing was changed)") from None
     typer.echo(f"{result.generation}: {result.added} added, {result.updated} updated, {result.deleted} deleted, "
@@ -124,18 +139,22 @@ def rollback(
     ctx: typer.Context,
     to: Annotated[str | None, typer.Option(help="generation name (default: the one before the served one)")] = None,
 ) -> None:
-    """Serve an earlier generation again (the service follows the pointer)."""
+    """Serve an earlier generation again (the service follows the pointer); under the data dir's lock."""
     settings = settings_of(ctx)
-    names = list_generations(settings.data_dir)
-    served = current_generation(settings.data_dir)
-    if to is None:
-        older = [n for n in names if served is None or n < served]
-        if not older:
-            raise fail("no earlier generation to roll back to")
-        to = older[-1]
-    try:
-        publish(settings.data_dir, to)
-        point_served_alias(settings.data_dir, to, settings.milvus_target())  # Milvus's alias follows the pointer
-    except (GenerationError, RuntimeError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    with holding_data_dir(settings, f"lookalike rollback {to or ''}".strip()):
+        try:
+            names = list_generations(settings.data_dir)
+            served = current_generation(settings.data_dir)
+            if to is None:
+                older = [n for n in names if served is None or n < served]
+                if not older:
+                    raise fail("no earlier generation to roll back to")
+                to = older[-1]
+            elif to not in names:
+                raise fail(f"{check_generation_name(to)} is not a complete generation under {settings.data_dir} "
+                           f"(have: {', '.join(names) or 'none'})")
+            publish(settings.data_dir, to)
+            point_served_alias(settings.data_dir, to, settings.milvus_target())  # Milvus's alias follows the pointer
+        except (GenerationError, RuntimeError, ValueError) as exc:
+            raise fail(str(exc)) from None
     typer.echo(f"now serving {to} (was {served})")
