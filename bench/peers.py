@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=60.0, help="time limit per engine, row and setting")
     parser.add_argument("--build-threads", type=int, default=2, help="threads for index builds (search: one)")
     parser.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
+    parser.add_argument("--save", help="also append the rows as JSON lines to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -243,6 +244,9 @@ def main() -> None:
             for row in got:
                 if args.json:
                     print(json.dumps(asdict(row)), flush=True)
+                if args.save:
+                    with open(args.save, "a") as handle:
+                        handle.write(json.dumps(asdict(row)) + "\n")
             if not args.json:
                 print(f"# {name}: built in {got[0].build_s:.1f}s", file=sys.stderr, flush=True)
     if not args.json:

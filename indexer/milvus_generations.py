@@ -38,6 +38,7 @@ def build_milvus_store(shards: ShardSet, plan: DedupMap, rows: Sequence[CatalogR
         write_shards_ray(shards, table, target, collection, store)
     else:
         write_shards(shards, table, store)
+    store.flush()
     store.refresh()
     if store.ntotal != len(rows):
         raise GenerationError(f"Milvus collection {collection} holds {store.ntotal} rows, the catalog {len(rows)}")

@@ -195,6 +195,11 @@ class MilvusStore(BaseVectorStore):
         """What Milvus searches with: FLAT in milvus-lite (exact), HNSW on a server."""
         return IndexSpec(f"milvus:{'FLAT' if self.embedded else 'HNSW'}")
 
+    def flush(self) -> None:
+        """Seal what was written (after a bulk load): a server builds its index on sealed segments, and
+        milvus-lite scans unflushed rows one by one in Python (about 25x slower at 10k rows)."""
+        self.client.flush(self.collection)
+
     def refresh(self) -> None:
         """Count the rows again (after writes through another client)."""
         with self._lock:

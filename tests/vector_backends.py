@@ -47,6 +47,7 @@ def milvus_lite(vectors: np.ndarray, spec: IndexSpec, tmp: Path) -> VectorStore:
     store = MilvusStore.create(connect(str(tmp / "milvus.db")), "contract", vectors.shape[1], model_id="test",
                                embedded=True)
     store.upsert(vectors, np.arange(len(vectors)))
+    store.flush()
     return store
 
 
