@@ -100,3 +100,8 @@ def test_a_collection_made_by_another_model_is_refused(tmp_path, embedder):
     # vectors come back as they were written
     ids = np.arange(2)
     assert np.allclose(np.linalg.norm(store.vectors(ids), axis=1), 1, atol=1e-4)
+
+
+def test_index_refuses_an_unknown_vector_backend(tmp_path):
+    result = CliRunner().invoke(cli, ["index", str(tmp_path / "catalog.csv"), "--vector-backend", "qdrant"])
+    assert result.exit_code == 2 and "unknown vector backend 'qdrant'" in result.output
