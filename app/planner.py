@@ -5,10 +5,12 @@ the planner uses, so any backend behind it answers the same way).
 
 - No constraint: ANN search over the whole catalog, over-fetching until enough products are found.
 - A candidate set (keyword hits, the shop's candidate ids, categories, all intersected as masks over the id
-  space) of up to ``exact_threshold`` ids: exact scores over the store's compact vectors, so the answer is
-  complete.
-- A larger candidate set: ANN search restricted to it (the store applies the filter natively or over-fetches
-  and filters), with the same over-fetch loop until k products are found or the set is exhausted.
+  space) of up to ``exact_threshold`` ids that the store estimates cheaper to score exactly than to search
+  (``VectorStore.prefers_exact``: for FAISS, against the lists an IVF search would scan at that selectivity):
+  exact scores over the store's compact in-RAM vectors, so the answer is complete.
+- Otherwise ANN search restricted to the set (the store applies the filter natively, probing more lists the
+  more selective it is, or over-fetches and filters), with the same over-fetch loop until k products are found
+  or the set is exhausted.
 With a keyword and ``keyword_weight`` > 0, candidates are ranked by a blend of visual similarity and BM25.
 """
 
@@ -137,10 +139,12 @@ def plan_and_search(catalog: LiveCatalog, vectors: VectorStore, vector: np.ndarr
     found = candidate_set(catalog, query)  # also brings the vector store up to the delta's current version
     allowed = found.allowed
     wanted = query.offset + query.k
-    exact = allowed is not None and len(allowed) <= exact_threshold
+    # Exact scoring when the set is small enough to score completely and the store estimates it cheaper.
+    exact = allowed is not None and len(allowed) <= exact_threshold and vectors.prefers_exact(len(allowed))
+    fusion = found.keyword_scores is not None and query.keyword_weight > 0
     count = None if allowed is None else len(allowed)
-    if found.keyword_scores is not None and query.keyword_weight > 0:
-        if not exact:
+    if fusion:
+        if allowed is None or len(allowed) > exact_threshold:
             raise PlanError(f"keyword_weight needs a keyword set of at most {exact_threshold} images to score exactly")
         if not count:
             return Ranked([], "exact", count, found.unknown, False)

@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.build import BuildOptions
-from indexer.index_choice import DEFAULT_FLAT_THRESHOLD
+from indexer.index_choice import TARGET_LATENCY_MS, TARGET_RECALL
 from indexer.milvus_store import MilvusTarget
 from models.runtime import RuntimeOptions
 
@@ -62,7 +62,11 @@ class Settings(BaseSettings):
     overfetch: int = Field(default=4, ge=1, description="images fetched per wanted product when grouping")
 
     # indexing
-    flat_threshold: int = Field(default=DEFAULT_FLAT_THRESHOLD, ge=1, description="exact Flat index up to this many vectors")
+    flat_threshold: int | None = Field(default=None, ge=1, description="exact Flat index up to this many vectors "
+                                      "(None: while an exact scan meets index_latency_ms)")
+    index_latency_ms: float = Field(default=TARGET_LATENCY_MS, gt=0,
+                                    description="single-query search target on one core that picks the index kind")
+    target_recall: float = Field(default=TARGET_RECALL, gt=0, le=1, description="recall@10 the index is tuned to")
     batch_size: int = Field(default=64, ge=1)
     workers: int = Field(default=2, ge=0)
     keep_generations: int = Field(default=3, ge=1)
@@ -92,6 +96,7 @@ class Settings(BaseSettings):
     def build_options(self, **overrides: Any) -> BuildOptions:
         """The re-index job's options from these settings; ``overrides`` set per-run choices (CLI flags)."""
         fields: dict[str, Any] = {"checkpoint": self.checkpoint, "flat_threshold": self.flat_threshold,
+                                  "latency_ms": self.index_latency_ms, "target_recall": self.target_recall,
                                   "batch_size": self.batch_size, "workers": self.workers,
                                   "keep": self.keep_generations, "max_image_bytes": self.max_image_file_bytes,
                                   "milvus": self.milvus_target()}

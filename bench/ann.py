@@ -1,11 +1,17 @@
-"""ANN benchmark: for each size, every index the chooser can pick (exact Flat, IVF-Flat, OPQ+IVF-PQ+refine):
-build time (train + add + nprobe tuning), memory, single-query and batched QPS, recall@10 against exact search.
+"""ANN benchmark and the scale benches' vector generator.
 
-Vectors: real embeddings (``--vectors PATH`` or the served generation's vectors.npy under data/) expanded to
-the wanted size with a Gaussian mixture around them (each synthetic vector is a real one plus noise,
-renormalised); with no real vectors, a seeded mixture of random unit centres of dimension ``--dim``.
+For each size, every index kind the chooser can pick (exact Flat, IVF-PQ fast-scan + refine, IVF-Flat): build
+time (train + add + nprobe tuning), memory, single-query and batched QPS, recall@10 against exact search.
+
+Vectors come from a generator with the neighbour structure of real embeddings (``NeighbourProfile``): fitted on
+real ones (``--vectors PATH`` or the served generation under data/, with its product ids), it draws new
+products from the spread of the real product centres (principal axes and scales) and a few images per product
+from the real spread of images around their product; queries are fresh images of catalog products. Without
+real embeddings, a power-law spectrum of dimension ``--dim``. ``--check`` compares real and generated vectors
+(top-1/top-10 gap, IVF recall at fixed nprobe), beside the old generator (a real vector plus isotropic noise).
 
     .venv/bin/python bench/ann.py --sizes 100000,1000000
+    .venv/bin/python bench/ann.py --check
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import argparse
 import logging
 import os
 import platform
+import sqlite3
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -25,21 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from indexer.exact import exact_top_k  # noqa: E402
 from indexer.generations import current_generation, generations_dir  # noqa: E402
-from indexer.index_choice import (  # noqa: E402
-    DEFAULT_FLAT_THRESHOLD, IndexChoice, build_tuned, choose_index, estimate_memory, recall_at_k,
-)
-
-
-def real_vectors(path: str | None, data_dir: Path) -> np.ndarray | None:
-    if path:
-        return np.load(path, mmap_mode="r")
-    name = current_generation(data_dir)
-    candidate = generations_dir(data_dir) / name / "vectors.npy" if name else None
-    return np.load(candidate, mmap_mode="r") if candidate and candidate.is_file() else None
+from indexer.index_choice import build_tuned, choose_index, recall_at_k  # noqa: E402
 
 
 def mixture(n: int, centres: np.ndarray, noise: float, seed: int) -> np.ndarray:
-    """``n`` unit vectors: a random centre (a real embedding) plus Gaussian noise, renormalised."""
+    """``n`` unit vectors: a random centre (a real embedding) plus Gaussian noise, renormalised (the old
+    generator: easier for IVF than real catalogs, kept for comparison)."""
     rng = np.random.default_rng(seed)
     out = np.empty((n, centres.shape[1]), dtype=np.float32)
     for start in range(0, n, 100_000):
@@ -47,6 +46,146 @@ def mixture(n: int, centres: np.ndarray, noise: float, seed: int) -> np.ndarray:
         block = centres[rng.integers(0, len(centres), stop - start)].astype(np.float32)
         block += noise * rng.standard_normal(block.shape, dtype=np.float32) / np.sqrt(centres.shape[1])
         out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+@dataclass(frozen=True)
+class NeighbourProfile:
+    """How a catalog's embeddings are spread, measured on real ones: the spread of product centres (principal
+    axes and scales), the spread of a product's images around its centre, and images per product."""
+
+    mean: np.ndarray           # (d,)
+    centre_axes: np.ndarray    # (r, d)
+    centre_scales: np.ndarray  # (r,)
+    image_axes: np.ndarray     # (r2, d)
+    image_scales: np.ndarray   # (r2,)
+    images_per_product: float
+    source: str
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, products: np.ndarray | None = None, source: str = "real") -> NeighbourProfile:
+        """Fit on real embeddings; without product ids, each image's 5 nearest neighbours stand in for its product."""
+        x = np.asarray(vectors, dtype=np.float32)
+        if products is None:
+            _, near = exact_top_k(x, x, 5)
+            products = near.min(axis=1)  # images sharing their smallest near id form a pseudo-product
+        names, index = np.unique(np.asarray(products), return_inverse=True)
+        centres = np.zeros((len(names), x.shape[1]), dtype=np.float64)
+        np.add.at(centres, index, x)
+        centres /= np.bincount(index, minlength=len(names))[:, None]
+        mean = centres.mean(axis=0)
+        c_axes, c_scales = _principal(centres - mean)
+        i_axes, i_scales = _principal(x - centres[index])
+        return cls(mean.astype(np.float32), c_axes, c_scales, i_axes, i_scales, len(x) / len(names), source)
+
+    @classmethod
+    def synthetic(cls, dim: int, seed: int = 1338) -> NeighbourProfile:
+        """No real embeddings: a power-law spectrum (as CNN embeddings have) with images close to their product."""
+        rng = np.random.default_rng(seed)
+        axes = np.linalg.qr(rng.standard_normal((dim, dim)))[0].T.astype(np.float32)
+        scales = (np.arange(1, dim + 1, dtype=np.float32) ** -0.6) * 0.9
+        mean = rng.standard_normal(dim).astype(np.float32)
+        mean *= 0.6 / np.linalg.norm(mean)
+        return cls(mean, axes, scales, axes, scales * 0.35, 4.0, f"synthetic power-law spectrum, dim {dim}")
+
+    def projected(self, basis: np.ndarray, origin: np.ndarray) -> NeighbourProfile:
+        """The same model seen through a linear projection ``(x - origin) @ basis.T`` (a PCA): generating there
+        and normalising equals generating here, projecting and normalising."""
+        return NeighbourProfile((self.mean - origin) @ basis.T, self.centre_axes @ basis.T, self.centre_scales,
+                                self.image_axes @ basis.T, self.image_scales, self.images_per_product,
+                                f"{self.source}, projected to {len(basis)} dimensions by PCA")
+
+    def generate(self, n: int, seed: int, queries: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` catalog images of about n/images_per_product new products, and ``queries`` fresh images of
+        random catalog products (a shopper's photo of a product the shop sells); unit vectors."""
+        rng = np.random.default_rng(seed)
+        products = max(1, round(n / self.images_per_product))
+        product_of = np.sort(rng.integers(0, products, n))
+        out = np.empty((n, len(self.mean)), dtype=np.float32)
+        query_products = rng.integers(0, products, queries)
+        query_out = np.empty((queries, len(self.mean)), dtype=np.float32)
+        block = 50_000
+        for first in range(0, products, block):  # product centres in blocks: bounded memory at any n
+            last = min(products, first + block)
+            centres = self.mean + (rng.standard_normal((last - first, len(self.centre_scales)), dtype=np.float32)
+                                   * self.centre_scales) @ self.centre_axes
+            lo, hi = np.searchsorted(product_of, [first, last])
+            out[lo:hi] = self._image(centres[product_of[lo:hi] - first], rng)
+            mine = (query_products >= first) & (query_products < last)
+            query_out[mine] = self._image(centres[query_products[mine] - first], rng)
+        shuffle = rng.permutation(n)  # ids do not follow products
+        return out[shuffle], query_out
+
+    def _image(self, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = centres + (rng.standard_normal((len(centres), len(self.image_scales)), dtype=np.float32)
+                       * self.image_scales) @ self.image_axes
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _principal(x: np.ndarray, keep: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The top principal axes of ``x`` (rows) and the standard deviation along each."""
+    x = np.asarray(x, dtype=np.float64)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    keep = min(keep, len(s))
+    return vt[:keep].astype(np.float32), (s[:keep] / np.sqrt(max(len(x) - 1, 1))).astype(np.float32)
+
+
+def profile_for(vectors_path: str | None, data_dir: Path, dim: int) -> NeighbourProfile:
+    """Fit on real embeddings (``--vectors`` or the served generation, with its product ids) if there are any;
+    in ``dim`` dimensions (the real ones' PCA, as the service's compact transform) when that is fewer."""
+    real, products = real_vectors_with_products(vectors_path, data_dir)
+    if real is None:
+        return NeighbourProfile.synthetic(dim)
+    profile = NeighbourProfile.fit(real, products, source=f"fitted on {len(real)} real embeddings")
+    if dim < real.shape[1]:
+        origin = real.mean(axis=0)
+        profile = profile.projected(_principal(real - origin, keep=dim)[0], origin)
+    return profile
+
+
+def real_vectors_with_products(path: str | None, data_dir: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Real embeddings (``path``, or the served generation's vectors.npy with its product ids), or (None, None)."""
+    if path:
+        return np.asarray(np.load(path), dtype=np.float32), None
+    name = current_generation(data_dir)
+    if not name or not (generations_dir(data_dir) / name / "vectors.npy").is_file():
+        return None, None
+    gen = generations_dir(data_dir) / name
+    vectors = np.asarray(np.load(gen / "vectors.npy"), dtype=np.float32)
+    conn = sqlite3.connect(f"file:{gen / 'catalog.db'}?mode=ro", uri=True)
+    try:
+        products = np.array([r[0] for r in conn.execute("SELECT product_id FROM items ORDER BY id")])
+    finally:
+        conn.close()
+    return vectors, products
+
+
+def generate(n: int, queries: int, dim: int, vectors_path: str | None = None, seed: int = 0,
+             data_dir: Path = Path("data")) -> tuple[np.ndarray, np.ndarray]:
+    """(catalog vectors, query vectors) from the realistic generator, in ``dim`` dimensions (see profile_for)."""
+    return profile_for(vectors_path, data_dir, dim).generate(n, seed, queries)
+
+
+def neighbour_check(real: np.ndarray, generated: np.ndarray, queries: int = 500, nprobe: int = 4,
+                    seed: int = 1338) -> dict[str, dict[str, float]]:
+    """What makes ANN easy or hard, on real and generated vectors of the same size: the top-1/top-10 similarity
+    gap of held-out queries (quantiles) and IVF recall@10 at a fixed nprobe."""
+    out = {}
+    for name, x in (("real", real), ("generated", generated)):
+        rng = np.random.default_rng(seed)
+        held = rng.choice(len(x), min(queries, len(x) // 5), replace=False)
+        keep = np.setdiff1d(np.arange(len(x)), held)
+        base, q = np.ascontiguousarray(x[keep]), np.ascontiguousarray(x[held])
+        scores, truth = exact_top_k(base, q, 10)
+        gap = scores[:, 0] - scores[:, 9]
+        nlist = max(4, int(2 ** round(np.log2(4 * np.sqrt(len(base))))))
+        index = faiss.index_factory(base.shape[1], f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.train(base)
+        index.add(base)
+        _, found = index.search(q, 10, params=faiss.SearchParametersIVF(nprobe=nprobe))
+        out[name] = {"gap_p10": float(np.quantile(gap, 0.1)), "gap_p50": float(np.median(gap)),
+                     "gap_p90": float(np.quantile(gap, 0.9)), "top1_p50": float(np.median(scores[:, 0])),
+                     f"ivf{nlist}_nprobe{nprobe}_recall": recall_at_k(found, truth)}
     return out
 
 
@@ -60,55 +199,65 @@ def qps(index, queries: np.ndarray, single: int) -> tuple[float, float]:
     return one, len(queries) / (time.perf_counter() - start)
 
 
+def check_generator(args: argparse.Namespace) -> None:
+    """The generator against the real embeddings it was fitted on, at the real catalog's size (and the old
+    mixture generator beside it): top-1/top-10 gap quantiles and IVF recall@10 at a fixed nprobe."""
+    real, products = real_vectors_with_products(args.vectors, Path(args.data_dir))
+    if real is None:
+        print("no real embeddings under --data-dir (or --vectors): nothing to check the generator against")
+        return
+    profile = NeighbourProfile.fit(real, products)
+    generated, _ = profile.generate(len(real), seed=1)
+    old = mixture(len(real), real, args.noise, seed=1)
+    rows = {**neighbour_check(real, generated), "old mixture": neighbour_check(real, old)["generated"]}
+    keys = list(rows["real"])
+    print(f"# generator check: {len(real)} real {real.shape[1]}-d embeddings vs as many generated "
+          f"({profile.images_per_product:.1f} images per product)")
+    print("| vectors | " + " | ".join(keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for name, row in rows.items():
+        print(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000", help="comma-separated vector counts")
-    parser.add_argument("--dim", type=int, default=256, help="dimension when no real vectors are found")
-    parser.add_argument("--vectors", help="real embeddings (.npy) to build the mixture around")
+    parser.add_argument("--dim", type=int, default=128, help="dimension of the generated vectors (the compact space)")
+    parser.add_argument("--vectors", help="real embeddings (.npy) to fit the generator on")
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--noise", type=float, default=0.6, help="mixture noise (norm of the added noise)")
+    parser.add_argument("--noise", type=float, default=0.6, help="noise of the old mixture generator (--check)")
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--kinds", default="flat,ivf,pq", help="which tiers to build")
+    parser.add_argument("--kinds", default="flat,ivf_pq_refine,ivf_flat", help="which index kinds to build")
+    parser.add_argument("--check", action="store_true", help="compare generated with real neighbour structure")
+    parser.add_argument("--build-threads", type=int, default=1,
+                        help="FAISS threads for building (1 on a shared machine: spinning OpenMP threads stall)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-
-    real = real_vectors(args.vectors, Path(args.data_dir))
-    rng = np.random.default_rng(1338)
-    if real is not None:
-        centres = np.asarray(real[rng.choice(len(real), min(len(real), 50_000), replace=False)], dtype=np.float32)
-        source = f"{len(real)} real embeddings ({args.vectors or args.data_dir}) + Gaussian mixture around them"
-    else:
-        centres = rng.standard_normal((max(1000, 2000), args.dim)).astype(np.float32)
-        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        source = "synthetic: Gaussian mixture around 2000 random unit centres (no real embeddings under data/)"
-    dim = centres.shape[1]
+    if args.check:
+        check_generator(args)
+        return
+    profile = profile_for(args.vectors, Path(args.data_dir), args.dim)
     print(f"# ANN benchmark on {platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs,"
-          f" faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads); shared, loaded machine")
-    print(f"# vectors: {source}; dim {dim}; queries: {args.queries} fresh vectors of the same mixture")
-    kinds = args.kinds.split(",")
+          f" faiss {faiss.__version__}); one search thread; shared, loaded machine")
+    print(f"# vectors: {profile.source}; queries: {args.queries} fresh images of catalog products")
     for n in (int(s) for s in args.sizes.split(",")):
-        base = mixture(n, centres, args.noise, seed=n)
-        queries = mixture(args.queries, centres, args.noise, seed=n + 1)
+        base, queries = profile.generate(n, seed=n, queries=args.queries)
+        dim = base.shape[1]
         start = time.perf_counter()
         truth = exact_top_k(base, queries, 10)[1]
         exact_s = time.perf_counter() - start
         picked = choose_index(n, dim)
-        plans: list[tuple[str, IndexChoice]] = []
-        if "flat" in kinds:
-            plans.append(("flat", choose_index(n, dim, flat_threshold=n)))
-        if "ivf" in kinds:
-            plans.append(("ivf", choose_index(n, dim, flat_threshold=0)))
-        if "pq" in kinds:  # a budget of half the full vectors' forces the PQ tier
-            budget = estimate_memory("flat", n, dim) // 2
-            plans.append(("pq", choose_index(n, dim, flat_threshold=0, memory_budget_bytes=budget)))
-        print(f"\n## {n:,} vectors (exact ground truth for {args.queries} queries: {exact_s:.1f}s)")
+        print(f"\n## {n:,} vectors of dim {dim} (exact ground truth for {args.queries} queries: {exact_s:.1f}s)")
         print(f"| index | nprobe | build+tune s | memory MiB (est / file) | QPS 1 query | QPS batch {args.queries} "
               f"| recall@10 | chosen by default |")
         print("|---|---|---|---|---|---|---|---|")
-        for _, plan in plans:
+        for kind in args.kinds.split(","):
+            plan = choose_index(n, dim, force=kind)
+            faiss.omp_set_num_threads(args.build_threads)
             start = time.perf_counter()
             index, report = build_tuned(base, plan)
             build = time.perf_counter() - start
+            faiss.omp_set_num_threads(1)
             size = len(faiss.serialize_index(index.index)) / 2**20
             one, batched = qps(index, queries, 200)
             _, ids = index.search(queries, 10)
@@ -117,8 +266,7 @@ def main() -> None:
             print(f"| {plan.spec.factory} | {index.spec.nprobe} | {build:.1f} | {plan.memory_bytes / 2**20:.0f} / "
                   f"{size:.0f} | {one:.0f} | {batched:.0f} | {recall:.3f} | {chosen} |", flush=True)
             del index
-        print(f"chooser (flat_threshold={DEFAULT_FLAT_THRESHOLD:,}, no memory budget) picks {picked.spec.factory} "
-              f"({picked.reason})")
+        print(f"chooser (targets: recall@10 >= 0.95, {picked.spec.factory}: {picked.reason})")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from indexer.generations import (
 )
 from indexer.faiss_store import build_store
 from indexer.file_roots import FileRefused, confined_file
-from indexer.index_choice import DEFAULT_FLAT_THRESHOLD, TARGET_RECALL, IndexReport, choose_index
+from indexer.index_choice import TARGET_LATENCY_MS, TARGET_RECALL, IndexReport, IndexTargets, choose_index
 from indexer.milvus_generations import build_milvus_store, drop_pruned, point_served_alias
 from indexer.milvus_store import MilvusTarget
 from indexer.shards import DEFAULT_SHARD_SIZE, ShardSet
@@ -51,7 +51,7 @@ class BuildOptions:
     """How one re-index job runs; the CLI and the admin API fill it from the process's ``Settings``."""
 
     checkpoint: str | None = None
-    flat_threshold: int = DEFAULT_FLAT_THRESHOLD
+    flat_threshold: int | None = None  # None: exact Flat while a scan meets latency_ms
     batch_size: int = 64
     workers: int = 2
     keep: int = 3
@@ -61,6 +61,7 @@ class BuildOptions:
     engine: str = "local"
     decoder: str = "auto"
     target_recall: float = TARGET_RECALL
+    latency_ms: float = TARGET_LATENCY_MS
     work_root: Path | None = None
     keep_work: bool = False
     # When the catalog came from a caller (/admin/reindex): every image it lists must be a regular file of at most
@@ -232,9 +233,10 @@ def assemble(gen_dir: Path, rows: Sequence[CatalogRow], dedup: DedupMap, shards:
 
 
 def build_index(gen_dir: Path, vectors: np.ndarray, dim: int, opts: BuildOptions) -> IndexReport:
-    """Choose an index for the count and memory budget, build the vector store tuned to the target recall, save it."""
-    choice = choose_index(len(vectors), dim, flat_threshold=opts.flat_threshold,
-                          memory_budget_bytes=opts.memory_budget_bytes)
+    """Choose an index for the count, latency target and memory budget; build the vector store tuned to the
+    target recall; save it."""
+    targets = IndexTargets(opts.target_recall, opts.latency_ms, opts.memory_budget_bytes, opts.flat_threshold)
+    choice = choose_index(len(vectors), dim, targets=targets)
     log.info("index choice: %s (%s)", choice.spec.factory, choice.reason)
     vector_store, report = build_store(vectors, choice, target=opts.target_recall)
     vector_store.save(gen_dir / VECTOR_STORE)

@@ -31,7 +31,7 @@ from typing import Self
 import faiss
 import numpy as np
 
-from indexer.exact import exact_top_k
+from indexer.exact import exact_top_k, exact_top_k_by_id
 from indexer.index_choice import TARGET_RECALL, IndexChoice, IndexReport, build_tuned
 from indexer.vector_index import IndexSpec, VectorIndex, faiss_search, id_selector, ivf_layer
 from indexer.vector_store import BaseVectorStore, IdFilter, SearchParams, empty_result, merge_top_k
@@ -43,7 +43,10 @@ INDEX_FILE = "index.faiss"
 META_FILE = "store.json"
 CHANGES_FILE = "changes.npz"
 CODES = ("float32", "fp16", "sq8")
-GATHER_FRACTION = 32  # exact search gathers rows when at most 1/32 of the base is allowed; beyond, it scans
+GATHER_FRACTION = 32  # exact search over 8-bit/fp16 codes gathers rows up to 1/32 of the base; beyond, it scans
+# Exact scoring of one allowed id costs about as much as scanning this many vectors in an IVF-PQ fast-scan
+# list (measured: by-id float32 scoring ~0.9 ns per dimension, fast-scan ~4-bit lookups per code).
+EXACT_PER_SCANNED = 0.25
 
 
 def make_flat(dim: int, code: str) -> faiss.Index:
@@ -68,6 +71,12 @@ def build_flat(vectors: np.ndarray, code: str, chunk: int = 262_144, train_sampl
     for start in range(0, len(vectors), chunk):
         flat.add(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32))
     return flat
+
+
+def refine_flat(index: faiss.Index) -> faiss.Index | None:
+    """The flat codes inside an ``IndexRefine`` (its re-ranking index), or None for other indexes."""
+    index = faiss.downcast_index(index)
+    return faiss.downcast_index(index.refine_index) if isinstance(index, faiss.IndexRefine) else None
 
 
 def flat_code(flat: faiss.Index) -> str:
@@ -106,9 +115,13 @@ class FaissCpuStore(BaseVectorStore):
                              f"{self.base_count} of dimension {self.dim}")
         self.code = flat_code(flat)
         self._separate = index is not None
+        self._flat_in_index = index is not None and refine_flat(index.index) is not None
         ivf = ivf_layer(self.index.index) if self.spec.is_ivf else None
         self._ivf_nlist = int(ivf.nlist) if ivf is not None else 0
         self._index_bytes = index_file_bytes
+        # float32 flat vectors are scored in place by id (no gather, no copy): a view of FAISS's own array
+        self._xb = faiss.rev_swig_ptr(faiss.downcast_index(flat).get_xb(), self.base_count * self.dim).reshape(
+            self.base_count, self.dim) if self.code == "float32" and self.base_count else None
         self._changes = Changes.none(self.base_count, self.dim)
         self._write_lock = threading.Lock()
 
@@ -131,7 +144,25 @@ class FaissCpuStore(BaseVectorStore):
     def memory_bytes(self) -> int:
         changes = self._changes
         flat = int(self.flat.sa_code_size()) * self.base_count
-        return flat + (self._index_bytes if self.separate_index else 0) + changes.dead.nbytes + changes.vectors.nbytes
+        index = self._index_bytes if self.separate_index else 0
+        if self._flat_in_index:  # the index file holds the flat codes too (its refine step)
+            index = max(0, index - flat)
+        return flat + index + changes.dead.nbytes + changes.vectors.nbytes
+
+    def prefers_exact(self, allowed: int) -> bool:
+        """Whether exact scoring of ``allowed`` ids costs less than the ANN search under that filter."""
+        if not self.separate_index:
+            return True
+        return allowed <= self._scanned(allowed / max(self.base_count, 1), None)[1] * EXACT_PER_SCANNED
+
+    def _scanned(self, selectivity: float, nprobe: int | None) -> tuple[int, float]:
+        """(nprobe, vectors scanned) of an IVF search under a filter of ``selectivity``: nprobe grows with
+        1/sqrt(selectivity), since a filter's nearest allowed vectors lie further out."""
+        nprobe = nprobe or self.spec.nprobe
+        if not self._ivf_nlist:
+            return nprobe, float(self.base_count)
+        nprobe = min(self._ivf_nlist, math.ceil(nprobe / math.sqrt(max(selectivity, 1e-9))))
+        return nprobe, nprobe * self.base_count / self._ivf_nlist
 
     # --- search -------------------------------------------------------------------------------------------
     def _base_filter(self, allowed: IdFilter | None, changes: Changes) -> IdFilter | None:
@@ -170,18 +201,15 @@ class FaissCpuStore(BaseVectorStore):
         than the filter allows, exact scoring of the allowed ones is cheaper and exact."""
         nprobe = params.nprobe or self.spec.nprobe
         if base is not None and self.base_count:
-            selectivity = len(base) / self.base_count
-            if self._ivf_nlist:
-                nprobe = min(self._ivf_nlist, math.ceil(nprobe / math.sqrt(max(selectivity, 1e-9))))
-                scanned = nprobe * self.base_count / self._ivf_nlist
-            else:
-                scanned = self.base_count
-            if len(base) <= scanned and params.complete:
+            nprobe, scanned = self._scanned(len(base) / self.base_count, params.nprobe)
+            if len(base) <= scanned * EXACT_PER_SCANNED and params.complete:
                 return self._exact(queries, k, base)
         return self.index.search(queries, k, allowed_ids=base, nprobe=nprobe, complete=params.complete)
 
     def _exact(self, queries: np.ndarray, k: int, base: IdFilter | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the compact codes: gather a small allowed set, scan with a bitmap otherwise."""
+        if self._xb is not None:  # float32: score the allowed rows in place
+            return exact_top_k_by_id(self._xb, queries, k, None if base is None else base.ids)
         if base is not None and len(base) * GATHER_FRACTION <= self.base_count:
             ids = base.ids
             return exact_top_k(self.flat.reconstruct_batch(ids), queries, k, ids)
@@ -244,7 +272,8 @@ class FaissCpuStore(BaseVectorStore):
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        faiss.write_index(self.flat, str(tmp / FLAT_FILE))
+        if not self._flat_in_index:
+            faiss.write_index(self.flat, str(tmp / FLAT_FILE))
         if self.separate_index:
             self.index.save(tmp / INDEX_FILE)
         changes = self._changes
@@ -266,12 +295,14 @@ class FaissCpuStore(BaseVectorStore):
     def load(cls, path: Path) -> Self:
         path = Path(path)
         meta = json.loads((path / META_FILE).read_text())
-        flat = faiss.read_index(str(path / FLAT_FILE))
         index = None
         index_bytes = 0
         if (path / INDEX_FILE).is_file():
             index = VectorIndex.load(path / INDEX_FILE, IndexSpec(meta["factory"], int(meta["nprobe"])))
             index_bytes = (path / INDEX_FILE).stat().st_size
+        flat = refine_flat(index.index) if index is not None else None
+        if flat is None:
+            flat = faiss.read_index(str(path / FLAT_FILE))
         store = cls.from_parts(flat, index, index_file_bytes=index_bytes)
         if (path / CHANGES_FILE).is_file():
             with np.load(path / CHANGES_FILE) as saved:
@@ -286,14 +317,17 @@ class FaissCpuStore(BaseVectorStore):
         return cls(flat, index, index_file_bytes=index_file_bytes)
 
 
-def build_store(vectors: np.ndarray, plan: IndexChoice, *, target: float = TARGET_RECALL, code: str = "float32",
+def build_store(vectors: np.ndarray, plan: IndexChoice, *, target: float = TARGET_RECALL,
                 queries: int = 500) -> tuple[FaissCpuStore, IndexReport]:
-    """Build ``plan``'s index over ``vectors`` tuned to ``target`` recall@10, beside the flat ``code`` store."""
+    """Build ``plan``'s index over ``vectors`` tuned to ``target`` recall@10, and the flat codes beside it
+    (inside it, as its refine step, for IVF-PQ + refine)."""
     index, report = build_tuned(vectors, plan, target=target, queries=queries)
-    if plan.kind == "flat" and code == "float32":
+    if plan.kind == "flat":
         return FaissCpuStore.from_parts(index.index, None), report
-    flat = build_flat(vectors, code)
-    return FaissCpuStore.from_parts(flat, None if plan.kind == "flat" else index), report
+    flat = refine_flat(index.index)
+    if flat is None:
+        flat = build_flat(vectors, plan.code)
+    return FaissCpuStore.from_parts(flat, index, index_file_bytes=plan.memory_bytes), report
 
 
 class FaissGpuStore(FaissCpuStore):

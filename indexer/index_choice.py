@@ -1,14 +1,17 @@
-"""Which FAISS index for how many vectors and how much memory, and a build that measures what it got.
+"""Which FAISS index for how many vectors, what latency and how much memory, and a build that measures it.
 
-In the spirit of autofaiss: exact ``Flat`` while it is cheap (below ``flat_threshold`` vectors, default 1M);
-beyond, ``IVF{nlist},Flat`` (nlist ~ 4*sqrt(N), with an HNSW coarse quantizer once nlist is large) when the
-full vectors fit the memory budget; when they do not, ``OPQ{m}_{d},IVF{nlist},PQ{m}x8np`` codes (``np``: no polysemous training, which
-we never use and which costs more than the rest of training) re-ranked by a
-refine step: ``Refine(SQ8)`` (8-bit codes, d bytes a vector) by default. ``Refine(Flat)`` (exact floats) can be
-asked for, but it holds 4*d bytes a vector, more than IVF-Flat itself, so it never fits a budget IVF-Flat misses.
+Every index threshold is defined here, once, in ``IndexTargets`` (recall@10 >= 0.95 against exact search,
+single-query search <= 5 ms on one core, an optional memory budget) and the measured scan costs below:
+- exact ``Flat`` while a full scan of the vectors meets the latency target (its cost is measured per
+  vector-dimension on this kind of CPU, ``SCAN_NS``);
+- beyond, ``IVF{nlist},PQ{m}x4fs,Refine(Flat)``: 4-bit fast-scan PQ codes over inverted lists (nlist ~
+  4*sqrt(N), an HNSW coarse quantizer once nlist is large), re-ranked exactly by the flat vectors. The refine
+  step's flat vectors are the store's flat codes (one copy serves refinement and exact scoring);
+- when the budget does not hold float32 vectors, the flat codes become fp16 or 8-bit scalar codes.
 
 After building, recall@10 against exact search is measured on held-out queries (a seeded sample of the
-vectors themselves) and nprobe is raised until recall@10 reaches the target (0.95) where the index can.
+vectors, each query's own vector left out of both answers) and nprobe is raised until recall@10 reaches the
+target where the index can.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 from indexer.exact import exact_top_k
@@ -25,11 +29,38 @@ from indexer.vector_index import IndexSpec, VectorIndex, ivf_layer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FLAT_THRESHOLD = 1_000_000
 HNSW_QUANTIZER_NLIST = 16_384   # from this many lists the coarse quantizer is an HNSW graph, not a flat scan
 TARGET_RECALL = 0.95
+TARGET_LATENCY_MS = 5.0
 RECALL_K = 10
+REFINE_K_FACTORS = (4, 8, 16, 32)  # re-ranking depths tried (x k) until the target recall is reachable
 MIN_POINTS_PER_LIST = 39        # FAISS k-means warns below this many training points per centroid
+# CPU ns to scan one vector-dimension of flat codes with one thread, measured (thread CPU time, 2-core shared
+# machine, faiss 1.15): float32 0.39, fp16 0.19, 8-bit 0.19-0.25. Scans are memory-bound: bytes decide.
+SCAN_NS = {"float32": 0.39, "fp16": 0.2, "sq8": 0.2}
+CODE_BYTES = {"float32": 4, "fp16": 2, "sq8": 1}
+REFINE_CODEC = {"float32": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}
+
+
+@dataclass(frozen=True)
+class IndexTargets:
+    """What an index must achieve: the one definition of every index threshold."""
+
+    recall: float = TARGET_RECALL
+    latency_ms: float = TARGET_LATENCY_MS      # single query, one core
+    memory_budget_bytes: int | None = None
+    flat_threshold: int | None = None          # exact Flat up to this many vectors (None: while it meets latency)
+
+    def flat_fits(self, count: int, dim: int, code: str = "float32") -> bool:
+        """Whether exact search over ``count`` vectors meets the targets (latency, or the explicit threshold)."""
+        if self.flat_threshold is not None:
+            return count <= self.flat_threshold
+        return flat_latency_ms(count, dim, code) <= self.latency_ms
+
+
+def flat_latency_ms(count: int, dim: int, code: str = "float32") -> float:
+    """Estimated single-query milliseconds of an exact scan over ``count`` vectors, one core."""
+    return count * dim * SCAN_NS[code] / 1e6
 
 
 class IndexBudgetError(ValueError):
@@ -41,9 +72,10 @@ class IndexChoice:
     """The chosen index, why, and what it should cost in memory."""
 
     spec: IndexSpec
-    kind: str             # flat | ivf_flat | ivf_hnsw_flat | opq_ivf_pq_rflat | opq_ivf_pq_rsq8 | opq_ivf_pq
+    kind: str             # flat | ivf_pq_refine | ivf_flat (forced only)
     memory_bytes: int
     reason: str
+    code: str = "float32"  # the flat codes: float32 | fp16 | sq8
 
 
 @dataclass(frozen=True)
@@ -69,69 +101,80 @@ def nlist_for(count: int) -> int:
 
 
 def pq_size(dim: int) -> int:
-    """Bytes of PQ code per vector: about dim/4, at most 64, and a divisor of dim."""
-    m = min(64, max(1, dim // 4))
-    while dim % m:
+    """Sub-quantizers of the 4-bit fast-scan PQ: dim/2 (so 4 bits code 2 dimensions), at most 128, even, and a
+    divisor of dim."""
+    m = min(128, max(2, dim // 2))
+    while dim % m or m % 2:
         m -= 1
-    return m
+    return max(m, 1)
 
 
 def _ivf_prefix(nlist: int) -> str:
     return f"IVF{nlist}_HNSW32" if nlist >= HNSW_QUANTIZER_NLIST else f"IVF{nlist}"
 
 
-def estimate_memory(kind: str, count: int, dim: int, nlist: int = 0) -> int:
-    """Resident bytes of an index of ``kind`` holding ``count`` vectors (codes, ids, centroids, graphs)."""
+def estimate_memory(kind: str, count: int, dim: int, nlist: int = 0, code: str = "float32") -> int:
+    """Resident bytes of a store of ``kind`` holding ``count`` vectors: flat codes plus the index's codes, ids,
+    centroids and graphs."""
+    flat = CODE_BYTES[code] * dim * count
+    if kind == "flat":
+        return flat
     centroids = nlist * dim * 4 + (nlist * 32 * 2 * 4 if nlist >= HNSW_QUANTIZER_NLIST else 0)
     ids = 8 * count
-    m = pq_size(dim)
-    if kind == "flat":
-        return 4 * dim * count
-    if kind in ("ivf_flat", "ivf_hnsw_flat"):
-        return count * 4 * dim + ids + centroids
-    opq = 4 * dim * dim
-    pq = m * count + ids + centroids + opq + 256 * dim * 4
-    return pq + {"opq_ivf_pq_rflat": 4 * dim * count, "opq_ivf_pq_rsq8": dim * count + 8 * dim}.get(kind, 0)
+    if kind == "ivf_flat":
+        return flat + count * 4 * dim + ids + centroids
+    if kind == "ivf_pq_refine":
+        return flat + (pq_size(dim) + 1) // 2 * count + ids + centroids + 16 * dim * 4
+    raise ValueError(f"unknown index kind {kind!r}")
 
 
-def choose_index(count: int, dim: int, *, flat_threshold: int = DEFAULT_FLAT_THRESHOLD,
-                 memory_budget_bytes: int | None = None, refine: str = "SQ8") -> IndexChoice:
-    """The cheapest index that keeps recall high for ``count`` vectors of ``dim`` within the memory budget.
+KINDS = ("flat", "ivf_pq_refine", "ivf_flat")
 
-    ``refine`` is the re-ranking codec when the budget forces PQ codes: ``SQ8`` (d bytes a vector, recall close
-    to exact), ``Flat`` (exact floats; it only fits where IVF-Flat nearly would, so mostly for speed at huge N)
-    or ``none``. If even that does not fit, plain OPQ+IVF-PQ is tried before giving up.
+
+def choose_index(count: int, dim: int, *, targets: IndexTargets = IndexTargets(),
+                 force: str | None = None) -> IndexChoice:
+    """The cheapest store for ``count`` vectors of ``dim`` that meets ``targets`` (see the module docstring).
+
+    ``force`` picks a kind regardless of latency (still within the budget): flat, ivf_pq_refine or ivf_flat.
     """
-    budget = memory_budget_bytes if memory_budget_bytes is not None else math.inf
-    flat = estimate_memory("flat", count, dim)
-    if count <= flat_threshold and flat <= budget:
-        return IndexChoice(IndexSpec("Flat"), "flat", flat, f"{count} <= {flat_threshold} vectors: exact search")
+    if force is not None and force not in KINDS:
+        raise ValueError(f"unknown index kind {force!r} (one of {', '.join(KINDS)})")
+    budget = targets.memory_budget_bytes if targets.memory_budget_bytes is not None else math.inf
     nlist = nlist_for(count)
     prefix = _ivf_prefix(nlist)
     nprobe = max(1, min(nlist, max(8, nlist // 32)))  # a starting point; the build tunes it
-    ivf_kind = "ivf_hnsw_flat" if nlist >= HNSW_QUANTIZER_NLIST else "ivf_flat"
-    ivf = estimate_memory(ivf_kind, count, dim, nlist)
-    if ivf <= budget:
-        return IndexChoice(IndexSpec(f"{prefix},Flat", nprobe), ivf_kind, ivf,
-                         f"{count} vectors: IVF over full vectors fits {_gb(ivf)} within {_gb(budget)}")
-    m = pq_size(dim)
-    refine_kinds = {"Flat": "opq_ivf_pq_rflat", "SQ8": "opq_ivf_pq_rsq8"}
-    if refine not in (*refine_kinds, "none"):
-        raise ValueError(f"unknown refine codec {refine!r} (Flat, SQ8 or none)")
-    tiers = ([(refine_kinds[refine], f",Refine({refine})")] if refine != "none" else []) + [("opq_ivf_pq", "")]
-    for kind, suffix in tiers:
-        need = estimate_memory(kind, count, dim, nlist)
-        if need <= budget:
-            return IndexChoice(IndexSpec(f"OPQ{m}_{dim},{prefix},PQ{m}x8np{suffix}", nprobe), kind, need,
-                             f"{count} vectors: full vectors need {_gb(ivf)} > budget {_gb(budget)}; "
-                             f"PQ{m} codes{' + ' + suffix[1:] if suffix else ''} need {_gb(need)}")
-    smallest = estimate_memory("opq_ivf_pq", count, dim, nlist)
-    raise IndexBudgetError(f"{count} vectors of dimension {dim} need at least {_gb(smallest)} "
-                           f"(OPQ+IVF-PQ{m}); the memory budget is {_gb(budget)}")
+    for code in CODE_BYTES:  # float32 first; smaller codes only when the budget asks for them
+        flat = estimate_memory("flat", count, dim, code=code)
+        if (force == "flat" or (force is None and targets.flat_fits(count, dim, code))) and flat <= budget:
+            factory = {"float32": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}[code]
+            return IndexChoice(IndexSpec(factory), "flat", flat, f"exact scan of {count} {code} vectors: "
+                             f"~{flat_latency_ms(count, dim, code):.1f} ms, {_gb(flat)}", code)
+        if force == "flat":
+            continue
+        kind = force or "ivf_pq_refine"
+        need = estimate_memory(kind, count, dim, nlist, code)
+        if need > budget:
+            continue
+        if kind == "ivf_flat":
+            return IndexChoice(IndexSpec(f"{prefix},Flat", nprobe), kind, need, "forced IVF-Flat", code)
+        m = pq_size(dim)
+        return IndexChoice(IndexSpec(f"{prefix},PQ{m}x4fs,Refine({REFINE_CODEC[code]})", nprobe), kind, need,
+                         f"exact scan of {count} vectors would take ~{flat_latency_ms(count, dim, code):.0f} ms > "
+                         f"{targets.latency_ms:g} ms: IVF{nlist} + PQ{m}x4fs codes re-ranked by {code} vectors, "
+                         f"{_gb(need)} within {_gb(budget)}", code)
+    smallest = estimate_memory("flat", count, dim, code="sq8")
+    raise IndexBudgetError(f"{count} vectors of dimension {dim} need at least {_gb(smallest)} (8-bit codes); "
+                           f"the memory budget is {_gb(budget)}")
 
 
 def _gb(n: float) -> str:
     return "unlimited" if n == math.inf else f"{n / 2**30:.2f} GiB"
+
+
+def refine_layer(index: faiss.Index) -> faiss.IndexRefine | None:
+    """The refine wrapper of ``index`` (whose k_factor sets how many candidates are re-ranked), or None."""
+    index = faiss.downcast_index(index)
+    return index if isinstance(index, faiss.IndexRefine) else None
 
 
 def held_out_queries(vectors: np.ndarray, n: int = 500, seed: int = 1338) -> np.ndarray:
@@ -147,33 +190,48 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[:k].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth, strict=True)]))
 
 
-def measure_recall(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, nprobe: int | None = None) -> float:
-    _, ids = index.search(queries, truth.shape[1], nprobe=nprobe, complete=False)
-    return recall_at_k(ids, truth)
+def without_own(ids: np.ndarray, own: np.ndarray | None, k: int) -> np.ndarray:
+    """The first k ids of each row other than the row's own id (a query sampled from the indexed vectors would
+    otherwise find itself first, and recall would count that easy hit)."""
+    if own is None:
+        return ids[:, :k]
+    out = np.full((len(ids), k), -1, dtype=np.int64)
+    for row, (found, mine) in enumerate(zip(ids, own, strict=True)):
+        kept = found[found != mine][:k]
+        out[row, :len(kept)] = kept
+    return out
+
+
+def measure_recall(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, nprobe: int | None = None,
+                   own: np.ndarray | None = None) -> float:
+    """Recall@k of ``index`` at ``nprobe`` (``own``: each query's own id, left out of the answer)."""
+    k = truth.shape[1]
+    _, ids = index.search(queries, k + (own is not None), nprobe=nprobe, complete=False)
+    return recall_at_k(without_own(ids, own, k), truth)
 
 
 def tune_nprobe(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, *, start: int,
-                target: float = TARGET_RECALL) -> tuple[int, float]:
+                target: float = TARGET_RECALL, own: np.ndarray | None = None) -> tuple[int, float]:
     """The smallest nprobe (doubling from ``start``, then bisecting) whose recall@k reaches ``target``.
 
     If even searching every list falls short (PQ without enough refinement), returns nlist and its recall.
     """
     ivf = ivf_layer(index.index)
     if ivf is None:
-        return 1, measure_recall(index, queries, truth)
+        return 1, measure_recall(index, queries, truth, own=own)
     nlist = int(ivf.nlist)
     low, nprobe = 0, max(1, min(start, nlist))
-    recall = measure_recall(index, queries, truth, nprobe)
+    recall = measure_recall(index, queries, truth, nprobe, own)
     while recall < target and nprobe < nlist:
         low, nprobe = nprobe, min(nlist, nprobe * 2)
-        recall = measure_recall(index, queries, truth, nprobe)
+        recall = measure_recall(index, queries, truth, nprobe, own)
     if recall < target:
         log.warning("recall@%d reaches only %.3f with every list probed (nprobe=%d)", truth.shape[1], recall, nlist)
         return nprobe, recall
     high, high_recall = nprobe, recall
     while high - low > max(1, high // 8):  # bisect to within ~12% of the smallest sufficient nprobe
         mid = (low + high) // 2
-        mid_recall = measure_recall(index, queries, truth, mid)
+        mid_recall = measure_recall(index, queries, truth, mid, own)
         if mid_recall >= target:
             high, high_recall = mid, mid_recall
         else:
@@ -194,9 +252,17 @@ def build_tuned(vectors: np.ndarray, plan: IndexChoice, *, target: float = TARGE
     recall: float | None = None
     nprobe = plan.spec.nprobe
     if plan.kind != "flat":
-        sample = held_out_queries(vectors, queries, seed=seed + 1338)
-        truth = exact_top_k(vectors, sample, RECALL_K)[1]
-        nprobe, recall = tune_nprobe(index, sample, truth, start=1, target=target)
+        own = np.sort(np.random.default_rng(seed + 1338).choice(len(vectors), min(queries, len(vectors)),
+                                                                 replace=False))
+        sample = np.ascontiguousarray(vectors[own], dtype=np.float32)
+        truth = without_own(exact_top_k(vectors, sample, RECALL_K + 1)[1], own, RECALL_K)
+        refine = refine_layer(index.index)
+        for k_factor in REFINE_K_FACTORS if refine is not None else (None,):
+            if refine is not None:
+                refine.k_factor = float(k_factor)  # a build-time setting, saved with the index
+            nprobe, recall = tune_nprobe(index, sample, truth, start=1, target=target, own=own)
+            if recall >= target:
+                break
         index = VectorIndex(index.index, IndexSpec(plan.spec.factory, nprobe))
     else:
         recall = 1.0

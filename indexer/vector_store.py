@@ -26,6 +26,7 @@ from typing import Protocol, Self, runtime_checkable
 import numpy as np
 
 MISSING_SCORE = np.float32(np.finfo(np.float32).min)  # the score of a missing result (id -1)
+EXACT_SHARE = 20  # without a cost model of its own, a backend scores filters of up to 1/20 of its vectors exactly
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ class VectorStore(Protocol):
 
     def vectors(self, ids: np.ndarray | Sequence[int]) -> np.ndarray: ...
 
+    def prefers_exact(self, allowed: int) -> bool: ...  # exact scoring of that many ids is cheaper than the ANN
+
     def save(self, path: Path) -> None: ...
 
     @classmethod
@@ -177,6 +180,11 @@ class BaseVectorStore(ABC):
         """The stored (compact-space, float32) vectors of live ids; KeyError for an id that is not live."""
         ids = self._ids(ids)
         return self._vectors(ids) if len(ids) else np.zeros((0, self.dim), dtype=np.float32)
+
+    def prefers_exact(self, allowed: int) -> bool:
+        """Whether scoring ``allowed`` ids exactly should cost less than an ANN search under that filter (the
+        planner's cost estimate; backends with a cost model override it)."""
+        return allowed * EXACT_SHARE <= max(self.ntotal, 1)
 
     # --- hooks (backends) ---------------------------------------------------------------------------------
     @property

@@ -19,7 +19,8 @@ from indexer.vector_store import VectorStore
 
 
 def _plan(spec: IndexSpec) -> IndexChoice:
-    return IndexChoice(spec, "flat" if spec.factory == "Flat" else "ivf_flat", 0, "test")
+    kind = "flat" if spec.factory == "Flat" else "ivf_pq_refine" if "Refine" in spec.factory else "ivf_flat"
+    return IndexChoice(spec, kind, 0, "test")
 
 
 def faiss_cpu(vectors: np.ndarray, spec: IndexSpec, tmp: Path) -> VectorStore:

@@ -8,11 +8,21 @@ import pytest
 
 from indexer import IndexSpec, Manifest, VectorIndex, exact_top_k
 from indexer.index_choice import (
-    IndexBudgetError, build_tuned, choose_index, held_out_queries, measure_recall, nlist_for,
+    IndexBudgetError, IndexTargets, build_tuned, choose_index, flat_latency_ms, held_out_queries, measure_recall,
+    nlist_for, without_own,
 )
 from indexer.vector_index import gpu_available, ivf_layer, to_gpu_if_available
 
 DIM = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    """FAISS training on one thread: on a shared machine OpenMP's spinning threads slow k-means down tenfold."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -24,29 +34,31 @@ def clustered() -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_chooser_tiers_by_count_and_memory_budget():
-    assert choose_index(999_999, 256).kind == "flat"
-    assert choose_index(50_000, 256, flat_threshold=10_000).spec.factory.startswith("IVF")
-    big = choose_index(2_000_000, 256)
-    assert big.kind == "ivf_flat" and big.spec.factory == "IVF4096,Flat" and big.spec.is_ivf
-    huge = choose_index(30_000_000, 256)
-    assert huge.kind == "ivf_hnsw_flat" and huge.spec.factory.startswith("IVF16384_HNSW32,")
-    tight = choose_index(2_000_000, 256, memory_budget_bytes=1 << 30)  # full vectors need ~2 GiB
-    assert tight.kind == "opq_ivf_pq_rsq8" and tight.spec.factory == "OPQ64_256,IVF4096,PQ64x8np,Refine(SQ8)"
-    assert tight.spec.is_ivf and tight.memory_bytes <= 1 << 30
-    tighter = choose_index(2_000_000, 256, memory_budget_bytes=300 << 20)
-    assert tighter.kind == "opq_ivf_pq" and tighter.spec.factory == "OPQ64_256,IVF4096,PQ64x8np"
+def test_chooser_picks_flat_only_while_it_meets_latency_then_ivf_pq_refine_then_smaller_codes():
+    fast = IndexTargets()
+    assert choose_index(50_000, 128, targets=fast).kind == "flat"  # ~2.5 ms scan
+    assert flat_latency_ms(50_000, 128) <= fast.latency_ms < flat_latency_ms(1_000_000, 128)
+    big = choose_index(1_000_000, 128, targets=fast)
+    assert big.kind == "ivf_pq_refine" and big.spec.factory == "IVF4096,PQ64x4fs,Refine(Flat)" and big.spec.is_ivf
+    assert big.code == "float32"
+    assert choose_index(30_000_000, 128).spec.factory.startswith("IVF16384_HNSW32,")
+    # A looser latency target keeps exact search longer; an explicit flat threshold overrides latency.
+    assert choose_index(1_000_000, 128, targets=IndexTargets(latency_ms=100)).kind == "flat"
+    assert choose_index(1_000_000, 128, targets=IndexTargets(flat_threshold=2_000_000)).kind == "flat"
+    # The budget shrinks the codes before it gives up.
+    tight = choose_index(1_000_000, 128, targets=IndexTargets(memory_budget_bytes=400 << 20))
+    assert tight.code == "fp16" and tight.spec.factory.endswith("Refine(SQfp16)") and tight.memory_bytes <= 400 << 20
+    tighter = choose_index(1_000_000, 128, targets=IndexTargets(memory_budget_bytes=200 << 20))
+    assert tighter.code == "sq8" and tighter.spec.factory.endswith("Refine(SQ8)")
     with pytest.raises(IndexBudgetError, match="need at least"):
-        choose_index(2_000_000, 256, memory_budget_bytes=10 << 20)
-    # The flat tier also respects the budget.
-    assert choose_index(500_000, 256, memory_budget_bytes=100 << 20).kind != "flat"
+        choose_index(1_000_000, 128, targets=IndexTargets(memory_budget_bytes=10 << 20))
+    assert choose_index(10_000, 128, force="ivf_flat").spec.factory == "IVF256,Flat"
     assert nlist_for(1000) == 16 and nlist_for(12_000) == 256 and nlist_for(10**9) == 65_536  # trainable powers of 2
 
 
-@pytest.mark.parametrize("budget, kind", [(None, "ivf_flat"), (800_000, "opq_ivf_pq_rsq8")])
-def test_built_index_reaches_target_recall_with_tuned_nprobe(clustered, budget, kind):
-    plan = choose_index(len(clustered), DIM, flat_threshold=1000, memory_budget_bytes=budget)
-    assert plan.kind == kind
+@pytest.mark.parametrize("force", ["ivf_pq_refine", "ivf_flat"])
+def test_built_index_reaches_target_recall_with_tuned_nprobe(clustered, force):
+    plan = choose_index(len(clustered), DIM, force=force)
     index, report = build_tuned(clustered, plan, queries=300)
     assert report.recall_at_10 >= 0.95 and report.nprobe == index.spec.nprobe
     assert faiss.downcast_index(ivf_layer(index.index)).nprobe == 1  # tuning never touched the shared index
@@ -54,7 +66,13 @@ def test_built_index_reaches_target_recall_with_tuned_nprobe(clustered, budget, 
     truth = exact_top_k(clustered, queries, 10)[1]
     assert measure_recall(index, queries, truth) >= 0.9  # fresh queries, the tuned default nprobe
     recalls = [measure_recall(index, queries, truth, nprobe) for nprobe in (1, 4, 16, 64)]
-    assert recalls == sorted(recalls)  # recall does not fall as nprobe rises
+    # recall does not fall as nprobe rises (PQ candidates re-ranked by refine: within noise)
+    assert all(b >= a - (0.005 if force == "ivf_pq_refine" else 0) for a, b in zip(recalls, recalls[1:]))
+
+
+def test_tuning_leaves_each_query_out_of_its_own_answer():
+    ids = np.array([[5, 1, 2], [3, 4, 9]])
+    assert without_own(ids, np.array([1, 7]), 2).tolist() == [[5, 2], [3, 4]]
 
 
 @pytest.mark.parametrize("factory", ["PCA16,IVF64,PQ4x4np,Refine(Flat)", "PCA16,IVF64,Flat",
