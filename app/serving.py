@@ -15,7 +15,8 @@ import torch
 from app.metrics import ServiceMetrics
 from indexer import CatalogStore, GenerationError, Manifest, current_generation, read_manifest
 from indexer.backends import open_vector_store
-from indexer.generations import CATALOG_DB, check_generation_name, generations_dir
+from indexer.compact import CompactTransform
+from indexer.generations import CATALOG_DB, COMPACT, check_generation_name, generations_dir
 from indexer.live import LiveCatalog, vector_sync
 from indexer.milvus_store import MilvusTarget
 from indexer.vector_store import VectorStore
@@ -36,6 +37,7 @@ class LoadedGeneration:
     manifest: Manifest
     catalog: LiveCatalog
     vectors: VectorStore
+    transform: CompactTransform
 
     @classmethod
     def open(cls, data_dir: Path, name: str, use_gpu: bool = False,
@@ -52,7 +54,12 @@ class LoadedGeneration:
             rows = catalog
             vectors = open_vector_store(path, manifest, use_gpu=use_gpu, milvus=milvus,
                                         row_info=lambda ids: row_labels(rows, ids))
-            generation = cls(name, path, manifest, catalog, vectors)
+            transform = CompactTransform.load(path / COMPACT)
+            if transform.describe() != manifest.compact or vectors.dim != transform.output_dim(manifest.dim):
+                raise GenerationError(f"generation {name}: its compact transform ({transform.describe()}, "
+                                      f"{transform.output_dim(manifest.dim)}-d) does not match the manifest "
+                                      f"({manifest.compact}) and the {vectors.dim}-d vector store")
+            generation = cls(name, path, manifest, catalog, vectors, transform)
             catalog.follow(vector_sync(vectors, generation.encode))  # the delta's changes, into the store
             # (checked after the delta is in: a Milvus collection already holds it from an earlier run)
             if not (store.count == manifest.count and vectors.ntotal == catalog.count):
@@ -70,8 +77,8 @@ class LoadedGeneration:
             raise GenerationError(f"generation {name} cannot be opened: {type(exc).__name__}: {exc}") from exc
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
-        """Embeddings (queries, delta rows) into the vector store's space."""
-        return np.asarray(vectors, dtype=np.float32)
+        """Embeddings (queries, delta rows) into the vector store's space: the generation's compact transform."""
+        return self.transform.apply(vectors)
 
 
 def row_labels(catalog: LiveCatalog, ids: np.ndarray) -> tuple[list[str], list[str]]:

@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.build import BuildOptions
+from indexer.compact import DEFAULT_COMPACT_DIM
 from indexer.index_choice import TARGET_LATENCY_MS, TARGET_RECALL
 from indexer.milvus_store import MilvusTarget
 from models.runtime import RuntimeOptions
@@ -67,6 +68,9 @@ class Settings(BaseSettings):
     index_latency_ms: float = Field(default=TARGET_LATENCY_MS, gt=0,
                                     description="single-query search target on one core that picks the index kind")
     target_recall: float = Field(default=TARGET_RECALL, gt=0, le=1, description="recall@10 the index is tuned to")
+    compact_dim: int | None = Field(default=DEFAULT_COMPACT_DIM, ge=8, description="PCA dimension of the stored "
+                                    "and searched vectors (None: the embeddings themselves)")
+    compact_whiten: bool = Field(default=False, description="whiten the PCA (scale each component to unit variance)")
     batch_size: int = Field(default=64, ge=1)
     workers: int = Field(default=2, ge=0)
     keep_generations: int = Field(default=3, ge=1)
@@ -97,6 +101,7 @@ class Settings(BaseSettings):
         """The re-index job's options from these settings; ``overrides`` set per-run choices (CLI flags)."""
         fields: dict[str, Any] = {"checkpoint": self.checkpoint, "flat_threshold": self.flat_threshold,
                                   "latency_ms": self.index_latency_ms, "target_recall": self.target_recall,
+                                  "compact_dim": self.compact_dim, "compact_whiten": self.compact_whiten,
                                   "batch_size": self.batch_size, "workers": self.workers,
                                   "keep": self.keep_generations, "max_image_bytes": self.max_image_file_bytes,
                                   "milvus": self.milvus_target()}

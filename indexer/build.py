@@ -18,6 +18,7 @@ from indexer.catalog import CatalogError, CatalogRow, read_catalog
 from indexer.extract import DedupMap, EmbedFn, ImageReadError, content_hash, extract_to_shards, hash_images
 from indexer.generations import (
     CATALOG_DB,
+    COMPACT,
     MANIFEST,
     VECTOR_STORE,
     VECTORS,
@@ -27,6 +28,7 @@ from indexer.generations import (
     prune_generations,
     publish,
 )
+from indexer.compact import DEFAULT_COMPACT_DIM, CompactTransform
 from indexer.faiss_store import build_store
 from indexer.file_roots import FileRefused, confined_file
 from indexer.index_choice import TARGET_LATENCY_MS, TARGET_RECALL, IndexReport, IndexTargets, choose_index
@@ -62,6 +64,8 @@ class BuildOptions:
     decoder: str = "auto"
     target_recall: float = TARGET_RECALL
     latency_ms: float = TARGET_LATENCY_MS
+    compact_dim: int | None = DEFAULT_COMPACT_DIM  # PCA dimension of the stored vectors (None: the embeddings)
+    compact_whiten: bool = False
     work_root: Path | None = None
     keep_work: bool = False
     # When the catalog came from a caller (/admin/reindex): every image it lists must be a regular file of at most
@@ -149,13 +153,15 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
                     use_ray=opts.engine == "ray", store_dir=gen_dir / VECTOR_STORE)
             with timer("agreement"):
                 runtime_agreement = reference_agreement(embedder, [r.image for r in rows], StoreRows(milvus_store))
+            # Milvus keeps the embeddings themselves (written straight from the shards): no compact transform.
+            transform, vector_dim, vector_code = CompactTransform.identity(), embedder.dim, "float32"
         else:
             with timer("assemble"):
                 vectors = assemble(gen_dir, rows, dedup, shards)
             with timer("agreement"):
                 runtime_agreement = reference_agreement(embedder, [r.image for r in rows], vectors)
             with timer("index"):
-                report = build_index(gen_dir, vectors, embedder.dim, opts)
+                report, transform, vector_dim, vector_code = build_index(gen_dir, vectors, embedder.dim, opts)
                 del vectors
         manifest = Manifest(
             generation=gen_dir.name, created_at=datetime.now(UTC).isoformat(), model_id=embedder.model_id,
@@ -170,6 +176,7 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
             else [],
             vector_backend="faiss" if opts.milvus is None else "milvus",
             milvus_collection=None if opts.milvus is None else milvus_store.collection,
+            compact=transform.describe(), vector_dim=vector_dim, vector_code=vector_code,
         )
         write_json_atomic(gen_dir / MANIFEST, manifest.model_dump())
         publish(data_dir, gen_dir.name)
@@ -232,12 +239,18 @@ def assemble(gen_dir: Path, rows: Sequence[CatalogRow], dedup: DedupMap, shards:
     return shards.assemble(gen_dir / VECTORS, dedup.row_to_unique, dedup.unique_hashes)
 
 
-def build_index(gen_dir: Path, vectors: np.ndarray, dim: int, opts: BuildOptions) -> IndexReport:
-    """Choose an index for the count, latency target and memory budget; build the vector store tuned to the
-    target recall; save it."""
+def build_index(gen_dir: Path, vectors: np.ndarray, dim: int,
+                opts: BuildOptions) -> tuple[IndexReport, CompactTransform, int, str]:
+    """Fit the compact transform and apply it; choose an index for the count, latency target and memory budget;
+    build the vector store tuned to the target recall; save both. Returns the report, the transform, the
+    store's dimension and its vector code."""
+    transform = CompactTransform.fit(vectors, opts.compact_dim, whiten=opts.compact_whiten)
+    compact = transform.apply(vectors)
+    transform.save(gen_dir / COMPACT)
     targets = IndexTargets(opts.target_recall, opts.latency_ms, opts.memory_budget_bytes, opts.flat_threshold)
-    choice = choose_index(len(vectors), dim, targets=targets)
-    log.info("index choice: %s (%s)", choice.spec.factory, choice.reason)
-    vector_store, report = build_store(vectors, choice, target=opts.target_recall)
+    choice = choose_index(len(compact), compact.shape[1], targets=targets)
+    log.info("compact vectors: %s (%d -> %d dimensions); index choice: %s (%s)", transform.describe(), dim,
+             compact.shape[1], choice.spec.factory, choice.reason)
+    vector_store, report = build_store(compact, choice, target=opts.target_recall)
     vector_store.save(gen_dir / VECTOR_STORE)
-    return report
+    return report, transform, int(compact.shape[1]), choice.code

@@ -24,6 +24,7 @@ WORK = "work"  # data_dir/work: resumable extraction shards of the job in progre
 MANIFEST = "manifest.json"
 CATALOG_DB = "catalog.db"
 VECTORS = "vectors.npy"
+COMPACT = "compact.npz"  # the compact-vector transform (PCA) catalog vectors and queries go through
 VECTOR_STORE = "store"  # the FAISS vector store's directory (flat codes, ANN index, store.json)
 INDEX = "index.faiss"  # generations made before the vector store; now inside VECTOR_STORE
 
@@ -68,6 +69,10 @@ class Manifest(BaseModel):
     # Where the vectors live: "faiss" (files in the generation) or "milvus" (the collection named here).
     vector_backend: str = "faiss"
     milvus_collection: str | None = None
+    # The compact vectors the store keeps (absent from older manifests: the embeddings themselves, float32).
+    compact: str = "identity"       # identity | pca<dim> | pca-whiten<dim>
+    vector_dim: int | None = None   # the store's dimension (None: ``dim``)
+    vector_code: str = "float32"    # float32 | fp16 | sq8
 
 
 def generations_dir(data_dir: Path) -> Path:
