@@ -26,7 +26,6 @@ from typing import Protocol, Self, runtime_checkable
 import numpy as np
 
 MISSING_SCORE = np.float32(np.finfo(np.float32).min)  # the score of a missing result (id -1)
-EXACT_SHARE = 20  # without a cost model of its own, a backend scores filters of up to 1/20 of its vectors exactly
 
 
 @dataclass(frozen=True)
@@ -183,8 +182,9 @@ class BaseVectorStore(ABC):
 
     def prefers_exact(self, allowed: int) -> bool:
         """Whether scoring ``allowed`` ids exactly should cost less than an ANN search under that filter (the
-        planner's cost estimate; backends with a cost model override it)."""
-        return allowed * EXACT_SHARE <= max(self.ntotal, 1)
+        planner's cost estimate). Without a cost model a backend says yes, and the planner's
+        ``exact_threshold`` alone decides; backends with one (FAISS) override it."""
+        return True
 
     # --- hooks (backends) ---------------------------------------------------------------------------------
     @property
