@@ -255,13 +255,12 @@ class MilvusStore(BaseVectorStore):
         if categories is None or product_ids is None:
             categories, product_ids = self.row_info(ids) if self.row_info else ([""] * len(ids), [""] * len(ids))
         with self._lock:
-            new = len(ids) - len(self._existing(ids)) if self._count else len(np.unique(ids))
             for start in range(0, len(ids), WRITE_BATCH):
                 stop = min(len(ids), start + WRITE_BATCH)
                 rows = [{"id": int(ids[n]), "vector": vectors[n].tolist(), "category": _text(categories[n]),
                          "product_id": _text(product_ids[n])} for n in range(start, stop)]
                 self.client.upsert(self.collection, rows)
-            self._count += new
+            self._count = self._count_rows()  # once per call: new ids and replaced ones count differently
 
     def _add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         self.upsert(vectors, ids)
