@@ -20,7 +20,7 @@ from indexer.generations import CATALOG_DB, COMPACT, check_generation_name, gene
 from indexer.live import LiveCatalog, vector_sync
 from indexer.milvus_store import MilvusTarget
 from indexer.vector_store import VectorStore
-from indexer.runtime_check import check_compatible
+from indexer.runtime_check import check_compatible, stored_embeddings
 from models import Embedder, ModelConfig, build_model
 from models.agreement import DEFAULT_MIN_COSINE
 from models.runtime import RuntimeOptions
@@ -145,8 +145,8 @@ class ServiceState:
             try:
                 if self.embedder is None:
                     self.embedder = embedder_for(loaded.manifest, self.device, self.options)
-                check_compatible(name, loaded.manifest, self.embedder, loaded.catalog.store, loaded.vectors.vectors,
-                                 self.min_cosine)
+                check_compatible(name, loaded.manifest, self.embedder, loaded.catalog.store,
+                                 stored_embeddings(loaded.path, loaded.vectors.vectors), self.min_cosine)
             except BaseException:
                 loaded.catalog.close()
                 raise

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.generations import GenerationError, Manifest
+from indexer.generations import VECTORS, GenerationError, Manifest
 from indexer.catalog_store import CatalogStore
 from models import Embedder
 from models.agreement import DEFAULT_MIN_COSINE, Agreement, agreement, embed_paths
@@ -25,6 +25,16 @@ SAMPLE_SIZE = 16
 
 StoredVectors = Callable[[np.ndarray], np.ndarray]
 """The generation's stored vectors for base ids (``VectorStore.vectors``, or rows of vectors.npy)."""
+
+
+def stored_embeddings(generation_dir: Path, fallback: StoredVectors) -> StoredVectors:
+    """The generation's embeddings as extracted: its vectors.npy (the store may hold compact codes of them), or
+    ``fallback`` (e.g. ``VectorStore.vectors`` of a Milvus generation, which keeps the embeddings themselves)."""
+    path = generation_dir / VECTORS
+    if not path.is_file():
+        return fallback
+    vectors = np.load(path, mmap_mode="r")
+    return lambda ids: np.asarray(vectors[ids])
 
 
 def sample_agreement(embedder: Embedder, store: CatalogStore, vectors: StoredVectors,
