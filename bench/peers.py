@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ann import mixture, real_vectors  # noqa: E402
+from bench.ann import generate, mixture, real_vectors_with_products  # noqa: E402
 from bench.peer_engines import ENGINES, Engine, Workload  # noqa: E402
 
 K = 10
@@ -66,14 +66,23 @@ class Row:
     note: str = ""
 
 
-def centres_for(real: np.ndarray | None, dim: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """The mixture's centres: a sample of real embeddings when there are some, else random unit vectors."""
+def vectors_for(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str]:
+    """(catalog vectors, queries, where they come from), from bench/ann.py's generators."""
+    if args.generator == "realistic":
+        base, queries = generate(args.size, args.queries, args.dim, args.vectors, seed=args.size,
+                                 data_dir=Path(args.data_dir))
+        return base, queries, "bench/ann.py realistic generator (real neighbour structure when real embeddings exist)"
+    rng = np.random.default_rng(1338)
+    real, _ = real_vectors_with_products(args.vectors, Path(args.data_dir))
     if real is not None:
-        picked = np.sort(rng.choice(len(real), min(len(real), 50_000), replace=False))
-        return np.asarray(real[picked], dtype=np.float32), f"mixture around {len(real)} real embeddings"
-    centres = rng.standard_normal((2000, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    return centres, "mixture around 2000 random unit centres (no real embeddings found)"
+        centres = np.asarray(real[np.sort(rng.choice(len(real), min(len(real), 50_000), replace=False))])
+        source = f"bench/ann.py mixture around {len(real)} real embeddings"
+    else:
+        centres = rng.standard_normal((2000, args.dim)).astype(np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        source = "bench/ann.py mixture around 2000 random unit centres (no real embeddings found)"
+    return (mixture(args.size, centres, args.noise, seed=args.size),
+            mixture(args.queries, centres, args.noise, seed=args.size + 1), source)
 
 
 def assign_categories(n: int, seed: int) -> tuple[np.ndarray, dict[float, str]]:
@@ -201,7 +210,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256, help="dimension when no real embeddings are found")
     parser.add_argument("--vectors", help="real embeddings (.npy) to build the mixture around")
     parser.add_argument("--data-dir", default="data", help="where to look for the served generation's vectors")
-    parser.add_argument("--noise", type=float, default=0.6)
+    parser.add_argument("--generator", choices=("realistic", "mixture"), default="realistic",
+                        help="bench/ann.py's generator: realistic (default) or the older mixture")
+    parser.add_argument("--noise", type=float, default=0.6, help="mixture noise")
     parser.add_argument("--queries", type=int, default=200, help="timed queries per row and setting")
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--target", type=float, default=0.95, help="recall@10 each engine's setting must reach")
@@ -216,10 +227,7 @@ def main() -> None:
     unknown = [e for e in names if e not in ENGINES]
     if unknown:
         parser.error(f"unknown engine(s) {unknown}; choose from {', '.join(ENGINES)}")
-    rng = np.random.default_rng(1338)
-    centres, source = centres_for(real_vectors(args.vectors, Path(args.data_dir)), args.dim, rng)
-    vectors = mixture(args.size, centres, args.noise, seed=args.size)
-    queries = mixture(args.queries, centres, args.noise, seed=args.size + 1)
+    vectors, queries, source = vectors_for(args)
     categories, category_names = assign_categories(args.size, seed=7)
     works = workloads(vectors, queries, categories, category_names, seed=11)
     if not args.json:
