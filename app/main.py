@@ -20,6 +20,7 @@ from app.batching import MicroBatcher
 from app.errors import install_error_handlers
 from app.guard import RequestGuard, RoutePolicy
 from app.metrics import ServiceMetrics
+from app.openapi import install_openapi, operation_id
 from app.reload_watcher import ReloadWatcher
 from app.serving import ServiceState
 from app.settings import Settings
@@ -132,12 +133,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await state.batcher.aclose()
             state.close()
 
-    app = FastAPI(title="Lookalike", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Lookalike", version="0.1.0", lifespan=lifespan, generate_unique_id_function=operation_id,
                   description="Visual search for product catalogs: upload a photo, get the most similar products.")
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
     app.state.reindex = admin.ReindexRunner()
     install_error_handlers(app)
+    install_openapi(app)
     # Outermost last: CORS (answers preflights, decorates every answer), then the guard (keys and body limits
     # before any body is read), then the deadline.
     app.add_middleware(DeadlineMiddleware, timeout_s=settings.request_timeout_s)

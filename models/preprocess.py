@@ -16,6 +16,9 @@ from torchvision.transforms import v2 as T
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_ASPECT_RATIO = 10.0  # panoramas and banners pass; a 1x4000 strip does not
+# Modes Pillow resizes with antialiasing as they are (RGBA and LA premultiplied by alpha), so a large image is
+# shrunk before the alpha composite and RGB conversion, which then cost memory for the small image only.
+RESIZABLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")
 
 
 class ImageRejected(ValueError):
@@ -66,7 +69,10 @@ def load_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXE
             except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, ValueError, struct.error, ... from codecs
                 raise ImageRejected("truncated_image", f"image data is truncated or corrupt: {exc}") from None
             try:
-                image = _to_rgb_on_white(ImageOps.exif_transpose(image))
+                image = ImageOps.exif_transpose(image)
+                if short_side is not None and image.mode in RESIZABLE_MODES:  # shrink first: convert a small image
+                    image = shrink_to_short_side(image, short_side)
+                image = _to_rgb_on_white(image)
                 return shrink_to_short_side(image, short_side) if short_side is not None else image
             except Exception as exc:  # noqa: BLE001 - odd modes or metadata that Pillow cannot convert
                 raise ImageRejected("unsupported_image", f"image cannot be converted to RGB: {exc}") from None

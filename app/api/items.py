@@ -32,7 +32,9 @@ def get_item(gen: GenerationDep, item_id: str) -> Item:
                 image_url=f"/items/{item.item_id}/image", attributes=item.attributes)
 
 
-@router.get("/items/{item_id}/image", responses={200: {"content": {"image/*": {}}}, **ERRORS},
+@router.get("/items/{item_id}/image", responses={200: {
+    "description": "the image file, sent with its own image/* content type",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, **ERRORS},
             response_class=FileResponse)
 def get_item_image(gen: GenerationDep, settings: SettingsDep, item_id: str) -> FileResponse:
     """The item's image file, if it lies inside the configured roots (or beside the catalog the generation was

@@ -13,10 +13,11 @@ from starlette.concurrency import run_in_threadpool
 from app.api.items import item_or_404
 from app.deps import GenerationDep, MetricsDep, SettingsDep, StateDep, require_search_key
 from app.errors import ApiError
+from app.openapi import component_ref
 from app.planner import PlanError, plan_and_search
 from app.planner import Query as PlanQuery
 from app.query_input import decode_base64_image, read_body, read_search_request, split_list, validated
-from app.schemas import (BatchSearchRequest, BatchSearchResponse, ErrorResponse, Hit, SearchJSON, SearchOptions,
+from app.schemas import (BatchSearchRequest, BatchSearchResponse, ErrorResponse, Hit, SearchOptions,
                          SearchResponse,
                          SimilarOptions)
 from app.serving import LoadedGeneration, ServiceState
@@ -28,6 +29,9 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 4
 router = APIRouter(tags=["search"], dependencies=[Depends(require_search_key)])
 
 _FIELDS = {name: field for name, field in SearchOptions.model_json_schema()["properties"].items()}
+# The document shows the multipart form only: openapi-python-client 0.29 generates a client that cannot be imported
+# (``Unset`` undefined) for any body with several content types. The JSON form (``SearchJSON``, defined in the
+# components) and raw image bodies are accepted as the route's description says.
 SEARCH_BODY = {
     "requestBody": {
         "required": True,
@@ -35,8 +39,6 @@ SEARCH_BODY = {
             "multipart/form-data": {"schema": {
                 "type": "object", "required": ["image"],
                 "properties": {"image": {"type": "string", "format": "binary"}, **_FIELDS}}},
-            "application/json": {"schema": SearchJSON.model_json_schema()},
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
     },
 }
@@ -126,7 +128,8 @@ async def embed_uploads(request: Request, state: ServiceState, settings: Setting
 async def search(request: Request, settings: SettingsDep, state: StateDep, gen: GenerationDep,
                  metrics: MetricsDep) -> SearchResponse:
     """The photo comes as a multipart upload (field `image`, options as form fields or query parameters), as a
-    raw image body (options as query parameters), or as JSON with `image_base64`."""
+    raw image body (`Content-Type: image/*` or `application/octet-stream`, options as query parameters), or as
+    `application/json` with `image_base64` and the options (schema `SearchJSON`)."""
     data, options = await read_search_request(request, settings.max_upload_bytes, settings.max_query_bytes)
     query = plan_query(options, settings)
     timings: dict[str, float] = {}
@@ -139,7 +142,7 @@ async def search(request: Request, settings: SettingsDep, state: StateDep, gen: 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, responses=ERRORS, openapi_extra={
              "requestBody": {"required": True,
-                             "content": {"application/json": {"schema": BatchSearchRequest.model_json_schema()}}}},
+                             "content": {"application/json": {"schema": component_ref(BatchSearchRequest)}}}},
              summary="Several photo searches in one request (one model forward for all)")
 async def search_batch(request: Request, settings: SettingsDep, state: StateDep, gen: GenerationDep,
                        metrics: MetricsDep) -> BatchSearchResponse:

@@ -52,3 +52,19 @@ def test_draft_decodes_large_jpeg_at_reduced_scale_but_not_below_target():
     data = _bytes(Image.new("RGB", (2000, 1600), (10, 200, 10)), "JPEG")
     loaded = load_image(data, draft_size=224)
     assert 224 <= min(loaded.size) < 1600
+
+
+def test_strips_are_refused_from_the_header():
+    """A 1x4000 strip passes any pixel limit, but resizing its short side to the input size made a huge tensor."""
+    for size in ((1, 4000), (4000, 1), (1, 40_000_000)):
+        with pytest.raises(ImageRejected) as err:
+            load_image(_bytes(Image.new("L", size), "PNG"))
+        assert err.value.code == "bad_image_shape"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "CMYK", "I;16"])
+def test_images_are_shrunk_to_the_input_scale_before_any_tensor(mode):
+    image = Image.new(mode, (3000, 400))
+    data = _bytes(image, "TIFF" if mode in ("CMYK", "I;16") else "PNG")
+    loaded = load_image(data, short_side=128)
+    assert loaded.mode == "RGB" and loaded.size == (960, 128)  # long side <= 10 x 128, whatever was sent
