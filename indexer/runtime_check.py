@@ -42,12 +42,27 @@ def sample_agreement(embedder: Embedder, store: CatalogStore, vectors: StoredVec
     """Re-embed up to ``sample`` of the generation's images (spread over its ids) and compare with ``vectors``."""
     count = store.count
     ids = np.unique(np.linspace(0, count - 1, num=min(sample, count), dtype=np.int64)) if count else np.zeros(0, int)
+    ids, stored = _stored(vectors, ids)
     items = store.by_ids(ids.tolist())
     try:
         ours = embed_paths(embedder, [Path(items[int(i)].image) for i in ids])
     except (OSError, ValueError) as exc:  # images moved or unreadable: agreement cannot be shown
         raise GenerationError(f"cannot re-embed the generation's sample images to compare runtimes: {exc}") from None
-    return agreement(ours, np.asarray(vectors(ids), dtype=np.float32))
+    return agreement(ours, stored)
+
+
+def _stored(vectors: StoredVectors, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ids whose stored vectors can still be read, with those vectors: rows deleted or replaced through the
+    delta since the build are gone from a vector store that has applied it (a KeyError), and are skipped."""
+    kept, rows = [], []
+    for i in ids:
+        try:
+            rows.append(np.asarray(vectors(np.array([i], dtype=np.int64)), dtype=np.float32)[0])
+        except KeyError:
+            continue
+        kept.append(int(i))
+    dim = rows[0].shape[0] if rows else 0
+    return np.array(kept, dtype=np.int64), np.array(rows, dtype=np.float32).reshape(len(rows), dim)
 
 
 def check_compatible(name: str, manifest: Manifest, embedder: Embedder, store: CatalogStore, vectors: StoredVectors,
