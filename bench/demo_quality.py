@@ -6,6 +6,7 @@ Recall@K is the share of queries whose product is among the first K products. Co
 EfficientNet-Lite0 with the same network at random init (and optionally a trained checkpoint).
 
     .venv/bin/python bench/demo_quality.py [--demo-dir data/demo] [--checkpoint best.pt] [--limit N]
+    .venv/bin/python bench/demo_quality.py --compact [--embeddings demo-embeddings.npz]   # compact vectors table
 
 The gallery vectors of a model are taken from the served generation (data/) when it was built from the same
 catalog by the same model (what `curl /search` answers from); otherwise they are computed here.
@@ -19,6 +20,7 @@ import platform
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 
@@ -63,6 +65,39 @@ def served_vectors(data_dir: Path, model_id: str, rows: list) -> np.ndarray | No
     return np.load(gen_dir / VECTORS, mmap_mode="r")[[ids[r.item_id] for r in rows]]
 
 
+COMPACT_DIMS = (None, 512, 256, 128, 64)
+CODES = ("float32", "fp16", "sq8")
+
+
+def coded(vectors: np.ndarray, code: str) -> np.ndarray:
+    """The gallery vectors as the store would hold them (fp16 or 8-bit scalar codes, decoded for scoring)."""
+    if code == "float32":
+        return vectors
+    if code == "fp16":
+        return vectors.astype(np.float16).astype(np.float32)
+    quantizer = faiss.ScalarQuantizer(vectors.shape[1], faiss.ScalarQuantizer.QT_8bit)
+    quantizer.train(vectors)
+    return quantizer.decode(quantizer.compute_codes(vectors))
+
+
+def compact_table(gallery: np.ndarray, gallery_products: list[str], query: np.ndarray,
+                  query_products: list[str]) -> None:
+    """R@1/R@5 of the ImageNet model through each compact transform (PCA fitted on the gallery, as the index
+    build does) and vector code, with the bytes each gallery vector takes."""
+    from indexer.compact import CompactTransform
+
+    print(f"\n{'compact vectors':<22} {'code':<8} {'bytes/vector':>12} {'R@1':>6} {'R@5':>6}")
+    for dim in COMPACT_DIMS:
+        for whiten in (False, True) if dim else (False,):
+            transform = CompactTransform.fit(gallery, dim, whiten=whiten)
+            g, q = transform.apply(gallery), transform.apply(query)
+            for code in CODES:
+                recall = product_recall(q, query_products, coded(g, code), gallery_products, (1, 5))
+                size = g.shape[1] * {"float32": 4, "fp16": 2, "sq8": 1}[code]
+                label = f"{transform.describe()} ({g.shape[1]}-d)"
+                print(f"{label:<22} {code:<8} {size:>12} {recall[1]:>6.3f} {recall[5]:>6.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-dir", type=Path, default=Path("data/demo"))
@@ -72,6 +107,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="reuse the served generation's vectors when it indexes this catalog with the same model")
+    parser.add_argument("--compact", action="store_true",
+                        help="the ImageNet model only, through every compact transform and code (README table)")
+    parser.add_argument("--embeddings", type=Path, default=None,
+                        help="with --compact: an .npz cache of the gallery and query embeddings (read, or written)")
     args = parser.parse_args()
 
     rows = read_catalog(args.demo_dir / "catalog.csv")
@@ -83,6 +122,22 @@ def main() -> None:
         queries = [q for q in queries if q[1] in set(keep)]
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}; "
           f"gallery {len(rows)} images of {len({r.product_id for r in rows})} products, {len(queries)} queries")
+
+    if args.compact:
+        if args.embeddings and args.embeddings.is_file():
+            with np.load(args.embeddings) as saved:
+                gallery, query = saved["gallery"], saved["queries"]
+        else:
+            embedder = Embedder(build_model(ModelConfig(image_size=args.image_size)), device="auto")
+            gallery = served_vectors(args.data_dir, embedder.model_id, rows)
+            if gallery is None:
+                gallery = extract_embeddings([r.image for r in rows], embedder, workers=args.workers, progress=False)
+            query = extract_embeddings([q[0] for q in queries], embedder, workers=args.workers, progress=False)
+            if args.embeddings:
+                np.savez(args.embeddings, gallery=gallery, queries=query)
+        compact_table(np.asarray(gallery, np.float32), [r.product_id for r in rows], np.asarray(query, np.float32),
+                      [q[1] for q in queries])
+        return
 
     models = {
         "efficientnet_lite0 (ImageNet)": lambda: build_model(ModelConfig(image_size=args.image_size)),

@@ -34,6 +34,8 @@ TARGET_RECALL = 0.95
 TARGET_LATENCY_MS = 5.0
 RECALL_K = 10
 REFINE_K_FACTORS = (4, 8, 16, 32)  # re-ranking depths tried (x k) until the target recall is reachable
+FASTSCAN_LISTS_PER_SQRT = 1
+TRAIN_POINTS_PER_LIST = 64  # k-means sample per list (FAISS wants at least 39; more buys little)
 MIN_POINTS_PER_LIST = 39        # FAISS k-means warns below this many training points per centroid
 # CPU ns to scan one vector-dimension of flat codes with one thread, measured (thread CPU time, 2-core shared
 # machine, faiss 1.15): float32 0.39, fp16 0.19, 8-bit 0.19-0.25. Scans are memory-bound: bytes decide.
@@ -76,6 +78,7 @@ class IndexChoice:
     memory_bytes: int
     reason: str
     code: str = "float32"  # the flat codes: float32 | fp16 | sq8
+    train_size: int = 256 * 1024  # vectors the IVF k-means trains on
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,12 @@ class IndexReport:
     queries: int
 
 
-def nlist_for(count: int) -> int:
-    """About 4*sqrt(N) inverted lists (a power of two), never more than the data can train."""
-    nlist = 2 ** round(math.log2(max(4 * math.sqrt(count), 1)))
+def nlist_for(count: int, per_sqrt: float = 4) -> int:
+    """About ``per_sqrt``*sqrt(N) inverted lists (a power of two), never more than the data can train.
+
+    4*sqrt(N) suits float lists; fast-scan PQ lists are cheap to scan, so they take fewer, longer lists
+    (``FASTSCAN_LISTS_PER_SQRT``): k-means training costs nlist x sample, minutes on 2 cores at 1M otherwise."""
+    nlist = 2 ** round(math.log2(max(per_sqrt * math.sqrt(count), 1)))
     trainable = 2 ** int(math.log2(max(count // MIN_POINTS_PER_LIST, 1)))
     return int(min(nlist, 65_536, trainable))
 
@@ -140,9 +146,10 @@ def choose_index(count: int, dim: int, *, targets: IndexTargets = IndexTargets()
     if force is not None and force not in KINDS:
         raise ValueError(f"unknown index kind {force!r} (one of {', '.join(KINDS)})")
     budget = targets.memory_budget_bytes if targets.memory_budget_bytes is not None else math.inf
-    nlist = nlist_for(count)
+    nlist = nlist_for(count, 4 if force == "ivf_flat" else FASTSCAN_LISTS_PER_SQRT)
     prefix = _ivf_prefix(nlist)
     nprobe = max(1, min(nlist, max(8, nlist // 32)))  # a starting point; the build tunes it
+    train = min(count, TRAIN_POINTS_PER_LIST * nlist)
     for code in CODE_BYTES:  # float32 first; smaller codes only when the budget asks for them
         flat = estimate_memory("flat", count, dim, code=code)
         if (force == "flat" or (force is None and targets.flat_fits(count, dim, code))) and flat <= budget:
@@ -156,12 +163,12 @@ def choose_index(count: int, dim: int, *, targets: IndexTargets = IndexTargets()
         if need > budget:
             continue
         if kind == "ivf_flat":
-            return IndexChoice(IndexSpec(f"{prefix},Flat", nprobe), kind, need, "forced IVF-Flat", code)
+            return IndexChoice(IndexSpec(f"{prefix},Flat", nprobe), kind, need, "forced IVF-Flat", code, train)
         m = pq_size(dim)
         return IndexChoice(IndexSpec(f"{prefix},PQ{m}x4fs,Refine({REFINE_CODEC[code]})", nprobe), kind, need,
                          f"exact scan of {count} vectors would take ~{flat_latency_ms(count, dim, code):.0f} ms > "
                          f"{targets.latency_ms:g} ms: IVF{nlist} + PQ{m}x4fs codes re-ranked by {code} vectors, "
-                         f"{_gb(need)} within {_gb(budget)}", code)
+                         f"{_gb(need)} within {_gb(budget)}", code, train)
     smallest = estimate_memory("flat", count, dim, code="sq8")
     raise IndexBudgetError(f"{count} vectors of dimension {dim} need at least {_gb(smallest)} (8-bit codes); "
                            f"the memory budget is {_gb(budget)}")
@@ -246,6 +253,7 @@ def build_tuned(vectors: np.ndarray, plan: IndexChoice, *, target: float = TARGE
     The returned index carries the tuned nprobe in its spec (what the manifest records and serving uses).
     """
     start = time.perf_counter()
+    train_sample = min(train_sample, plan.train_size)
     index = VectorIndex.build(vectors, plan.spec, train_sample=train_sample, seed=seed)
     build_seconds = time.perf_counter() - start
     start = time.perf_counter()

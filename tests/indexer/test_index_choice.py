@@ -39,9 +39,10 @@ def test_chooser_picks_flat_only_while_it_meets_latency_then_ivf_pq_refine_then_
     assert choose_index(50_000, 128, targets=fast).kind == "flat"  # ~2.5 ms scan
     assert flat_latency_ms(50_000, 128) <= fast.latency_ms < flat_latency_ms(1_000_000, 128)
     big = choose_index(1_000_000, 128, targets=fast)
-    assert big.kind == "ivf_pq_refine" and big.spec.factory == "IVF4096,PQ64x4fs,Refine(Flat)" and big.spec.is_ivf
+    assert big.kind == "ivf_pq_refine" and big.spec.factory == "IVF1024,PQ64x4fs,Refine(Flat)" and big.spec.is_ivf
+    assert big.train_size == 64 * 1024
     assert big.code == "float32"
-    assert choose_index(30_000_000, 128).spec.factory.startswith("IVF16384_HNSW32,")
+    assert choose_index(300_000_000, 128).spec.factory.startswith("IVF16384_HNSW32,")
     # A looser latency target keeps exact search longer; an explicit flat threshold overrides latency.
     assert choose_index(1_000_000, 128, targets=IndexTargets(latency_ms=100)).kind == "flat"
     assert choose_index(1_000_000, 128, targets=IndexTargets(flat_threshold=2_000_000)).kind == "flat"
