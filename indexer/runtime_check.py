@@ -27,14 +27,20 @@ StoredVectors = Callable[[np.ndarray], np.ndarray]
 """The generation's stored vectors for base ids (``VectorStore.vectors``, or rows of vectors.npy)."""
 
 
-def stored_embeddings(generation_dir: Path, fallback: StoredVectors) -> StoredVectors:
-    """The generation's embeddings as extracted: its vectors.npy (the store may hold compact codes of them), or
-    ``fallback`` (e.g. ``VectorStore.vectors`` of a Milvus generation, which keeps the embeddings themselves)."""
+def stored_embeddings(generation_dir: Path, live: StoredVectors) -> StoredVectors:
+    """The generation's embeddings as extracted: its vectors.npy (the store may hold compact codes of them), for
+    the rows ``live`` (``VectorStore.vectors``) still holds; without vectors.npy (Milvus keeps the embeddings
+    themselves), ``live``'s vectors. Rows deleted or replaced since the build raise KeyError, as in the store."""
     path = generation_dir / VECTORS
     if not path.is_file():
-        return fallback
+        return live
     vectors = np.load(path, mmap_mode="r")
-    return lambda ids: np.asarray(vectors[ids])
+
+    def read(ids: np.ndarray) -> np.ndarray:
+        live(ids)  # KeyError for rows the delta removed: their images may have changed on disk since
+        return np.asarray(vectors[ids])
+
+    return read
 
 
 def sample_agreement(embedder: Embedder, store: CatalogStore, vectors: StoredVectors,
