@@ -201,7 +201,7 @@ def print_table(rows: list[Row], target: float) -> None:
             continue
         best = min(peers, key=lambda r: r.p50_ms)
         print(f"| {name} | {ours.p50_ms:.3f}{'' if ours.reached_target else ' (below target)'} | {best.engine} | "
-              f"{best.p50_ms:.3f} | {ours.p50_ms / max(best.p50_ms, 1e-6):.1f}x |")
+              f"{best.p50_ms:.3f} | {ours.p50_ms / max(best.p50_ms, 1e-6):.2f}x |")
 
 
 def main() -> None:
