@@ -38,7 +38,8 @@ serve: install
 run: demo serve
 
 test: install $(DEMO_DATA) $(CHROMIUM)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not own_process"
+	$(BIN)/python -m pytest -m own_process
 
 lint: install
 	$(BIN)/hadolint Dockerfile

@@ -11,6 +11,9 @@ from tests.conftest import write_catalog
 ray = pytest.importorskip("ray")
 
 
+pytestmark = pytest.mark.own_process
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
