@@ -19,6 +19,7 @@ from app.api import admin, items, ops, search
 from app.batching import MicroBatcher
 from app.errors import install_error_handlers
 from app.guard import RequestGuard, RoutePolicy
+from app.localise import load_query_localiser
 from app.metrics import ServiceMetrics
 from app.openapi import install_openapi, operation_id
 from app.reload_watcher import ReloadWatcher
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - serve /healthz and 503s, and wait for a good generation
             log.warning("starting without an index: %s", exc)
         app.state.forward_slots = asyncio.Semaphore(forward_slots(state, settings))
+        state.localiser = await asyncio.to_thread(load_query_localiser, settings)
         state.batcher = _start_batcher(state, settings)
         watcher = ReloadWatcher(state, settings.reload_interval_s, app.state.metrics)
         app.state.watcher = watcher

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.errors import ApiError
-from app.schemas import SearchJSON, SearchOptions
+from app.schemas import PhotoSearchOptions, SearchJSON, SearchOptions
 
 LIST_FIELDS = ("candidate_ids", "category")
 # base64 grows data by 4/3; leave room for the JSON around it.
@@ -74,15 +74,15 @@ def _query_options(request: Request) -> dict[str, Any]:
     return options
 
 
-def _parse_search_json(body: bytes, max_bytes: int) -> tuple[bytes, SearchOptions]:
+def _parse_search_json(body: bytes, max_bytes: int) -> tuple[bytes, PhotoSearchOptions]:
     """Parse and decode a JSON search body (in a worker thread: a large body must not hold up the event loop)."""
     parsed: SearchJSON = validated(SearchJSON, body)
     image = decode_base64_image(parsed.image_base64, max_bytes)
-    return image, SearchOptions(**parsed.model_dump(exclude={"image_base64"}, exclude_unset=True))
+    return image, PhotoSearchOptions(**parsed.model_dump(exclude={"image_base64"}, exclude_unset=True))
 
 
 async def read_search_request(request: Request, max_bytes: int,
-                              options_bytes: int = JSON_OVERHEAD) -> tuple[bytes, SearchOptions]:
+                              options_bytes: int = JSON_OVERHEAD) -> tuple[bytes, PhotoSearchOptions]:
     """Image bytes and options, whatever the content type; options in the body override the query string.
 
     The body as a whole is bounded by the request guard (app.guard) while it streams; ``options_bytes`` is
@@ -101,11 +101,11 @@ async def read_search_request(request: Request, max_bytes: int,
             raise RequestValidationError([{"loc": ("body", "image"), "msg": "Field required (an image file)",
                                            "type": "missing"}])
         data = await image.read(max_bytes + 1)
-        return check_image(data, max_bytes), validated(SearchOptions, options)
+        return check_image(data, max_bytes), validated(PhotoSearchOptions, options)
     if content_type == "application/json":
         body = await read_body(request, max_bytes * 4 // 3 + options_bytes)
         return await run_in_threadpool(_parse_search_json, body, max_bytes)
     if content_type.startswith("image/") or content_type == "application/octet-stream":
-        return check_image(await read_body(request, max_bytes), max_bytes), validated(SearchOptions, options)
+        return check_image(await read_body(request, max_bytes), max_bytes), validated(PhotoSearchOptions, options)
     raise ApiError(415, "unsupported_media_type",
                    "send multipart/form-data (field 'image'), a raw image body (image/*), or JSON with image_base64")

@@ -39,11 +39,27 @@ class SearchOptions(BaseModel):
     keyword_weight: float = Field(0.0, ge=0.0, le=1.0, description="with q: blend of BM25 (1) and visual (0) scores")
 
 
+class LocaliseOptions(BaseModel):
+    """Where in the photo to search: the most salient object found (default), a caller's box, or every object."""
+
+    box: str | None = Field(None, max_length=100, pattern=r"^\s*[0-9.eE+-]+(\s*,\s*[0-9.eE+-]+){3}\s*$",
+                            description="x,y,w,h of the region to search, in pixels or (all <= 1) in fractions of "
+                                        "the photo; skips choosing a detected object")
+    objects: str = Field("best", pattern="^(best|all)$",
+                         description="best: search the most salient object; all: also results for every other "
+                                     "detected object")
+    localise: bool = Field(True, description="false: search the whole photo, as it is")
+
+
+class PhotoSearchOptions(SearchOptions, LocaliseOptions):
+    """Options of a search by photo: what to search for and where in the photo."""
+
+
 class SimilarOptions(SearchOptions):
     same_product: bool = Field(False, description="include other images of the item's own product")
 
 
-class SearchJSON(SearchOptions):
+class SearchJSON(PhotoSearchOptions):
     """A search with the image inline, base64-encoded."""
 
     image_base64: str = Field(min_length=1, description="the query image, base64 (standard alphabet)")
@@ -53,6 +69,26 @@ class BatchSearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     queries: list[SearchJSON] = Field(min_length=1, max_length=MAX_BATCH_QUERIES)
+
+
+class QueryBox(BaseModel):
+    """A region of the query photo, in the photo's pixels (after EXIF orientation)."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    localised: bool = Field(description="true when the localiser found this object; false for a caller's box or "
+                                        "the whole photo")
+    source: str = Field(description="detected, caller, or whole (nothing found, or localisation off)")
+    score: float | None = Field(None, description="the localiser's confidence, for detected objects")
+
+
+class DetectedObject(BaseModel):
+    """Another object found in the photo; with objects=all, its own results too."""
+
+    box: QueryBox
+    results: list[Hit] | None = None
 
 
 class SearchResponse(BaseModel):
@@ -66,6 +102,8 @@ class SearchResponse(BaseModel):
     generation: str
     model_id: str
     timings_ms: dict[str, float]
+    box: QueryBox | None = Field(None, description="the region of the photo searched (photo searches only)")
+    objects: list[DetectedObject] = Field([], description="the other objects found in the photo")
 
 
 class Item(BaseModel):

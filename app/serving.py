@@ -123,6 +123,7 @@ class ServiceState:
         self.embedder: Embedder | None = None
         self.batcher: Any = None  # app.batching.MicroBatcher once the embedder is loaded, when batching is on
         self.last_error: str | None = None
+        self.localiser: Any = None  # models.localiser.Localiser when query localisation is on (app.localise)
         self._generation: LoadedGeneration | None = None
         self._refused: str | None = None
         self._retired: list[tuple[float, LoadedGeneration]] = []

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     milvus_prefix: str = Field(default="lookalike", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                description="collections are <prefix>_gen_NNNNNN; the served one is <prefix>_served")
 
+    # query localisation (find the product in a shopper's photo, then embed its crop)
+    localise: bool = Field(default=True, description="search the most salient object found in the photo by default")
+    localiser_weights: Path | None = Field(default=None, description="None: the packaged models/weights/localiser.pt")
+    crop_margin: float = Field(default=0.1, ge=0, le=1, description="context kept around a box on each side")
+    localise_draft_factor: int = Field(default=3, ge=1, le=16, description="decode photos at this multiple of the "
+                                       "embedding size, so that a crop keeps detail")
+
     # service behaviour
     reload_interval_s: float = Field(default=2.0, ge=0, description="0 disables watching for new generations")
     retire_after_s: float = Field(default=120.0, ge=0, description="a replaced generation's files are closed this "

@@ -9,6 +9,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -102,3 +103,35 @@ def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("LOOKALIKE_RUNTIME_CACHE_DIR", None)
     else:
         os.environ["LOOKALIKE_RUNTIME_CACHE_DIR"] = previous
+
+
+def product_cutout(product: int, variant: int, size: int = 160) -> Image.Image:
+    """A drawn product alone (RGBA, transparent around it): the tests' stand-in for a rendered cut-out."""
+    image = draw_product(product, variant, size).convert("RGBA")
+    arr = np.asarray(image).copy()
+    light = arr[..., :3].min(axis=2) > 200  # the backdrop is light grey; the shapes are saturated
+    arr[..., 3] = np.where(light, 0, 255)
+    return Image.fromarray(arr, "RGBA")
+
+
+def busy_background(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A cluttered, photo-like backdrop: smooth random colour blobs with noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(small).resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
+    noisy = base + rng.normal(0, 12, base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def tiny_localiser_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A localiser trained on the fly (seconds) on drawn products pasted onto busy backdrops; tests never use the
+    packaged weights."""
+    from models.localiser import LocaliserConfig, save_localiser
+    from training.localiser import LocaliserTrainConfig, train_localiser
+
+    cutouts = [product_cutout(p, v) for p in range(PRODUCTS) for v in range(IMAGES_PER_PRODUCT)]
+    backgrounds = [busy_background(s) for s in range(8)]
+    model, summary = train_localiser(backgrounds, cutouts, LocaliserConfig(image_size=128),
+                                     LocaliserTrainConfig(scenes=256, iterations=120, batch_size=32, warmup=10))
+    return save_localiser(model, tmp_path_factory.mktemp("localiser") / "tiny.pt", summary)

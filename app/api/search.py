@@ -17,18 +17,19 @@ from app.openapi import component_ref
 from app.planner import PlanError, plan_and_search
 from app.planner import Query as PlanQuery
 from app.query_input import decode_base64_image, read_body, read_search_request, split_list, validated
-from app.schemas import (BatchSearchRequest, BatchSearchResponse, ErrorResponse, Hit, SearchOptions,
-                         SearchResponse,
-                         SimilarOptions)
+from app.localise import Region, oriented_size, regions
+from app.schemas import (BatchSearchRequest, BatchSearchResponse, DetectedObject, ErrorResponse, Hit,
+                         PhotoSearchOptions, SearchOptions, SearchResponse, SimilarOptions)
 from app.serving import LoadedGeneration, ServiceState
 from app.settings import Settings
 from indexer import StoredItem
 from indexer.catalog_store import fts_query
+from models import load_image
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
 router = APIRouter(tags=["search"], dependencies=[Depends(require_search_key)])
 
-_FIELDS = {name: field for name, field in SearchOptions.model_json_schema()["properties"].items()}
+_FIELDS = {name: field for name, field in PhotoSearchOptions.model_json_schema()["properties"].items()}
 # The document shows the multipart form only: openapi-python-client 0.29 generates a client that cannot be imported
 # (``Unset`` undefined) for any body with several content types. The JSON form (``SearchJSON``, defined in the
 # components) and raw image bodies are accepted as the route's description says.
@@ -123,6 +124,44 @@ async def embed_uploads(request: Request, state: ServiceState, settings: Setting
     return vectors
 
 
+async def locate(request: Request, state: ServiceState, settings: Settings, data: bytes,
+                 options: PhotoSearchOptions, timings: dict[str, float]) -> tuple[Region, list[Region]]:
+    """Decode the photo and find its objects: the region to search (detected, the caller's box, or the whole
+    photo) and the other objects."""
+    embedder = state.embedder
+    assert embedder is not None  # get_generation guarantees it
+    localiser = state.localiser if options.localise else None
+    start = time.perf_counter()
+    draft = embedder.image_size * (settings.localise_draft_factor if localiser or options.box else 1)
+    image = await run_in_threadpool(lambda: load_image(data, max_pixels=settings.max_pixels, draft_size=draft,
+                                                       short_side=draft, max_aspect_ratio=settings.max_aspect_ratio))
+    original = oriented_size(data)
+    timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - start
+    detections = []
+    if localiser is not None:
+        start = time.perf_counter()
+        async with request.app.state.forward_slots:
+            detections = await run_in_threadpool(localiser.detect, image)
+        timings["localise"] = timings.get("localise", 0.0) + time.perf_counter() - start
+    return regions(image, original, detections, options.box, settings.crop_margin)
+
+
+async def embed_regions(request: Request, state: ServiceState, searched: list[Region],
+                        timings: dict[str, float]) -> np.ndarray:
+    """Embed the crops of ``searched`` in one forward (or through the micro-batcher for one crop)."""
+    embedder = state.embedder
+    assert embedder is not None
+    start = time.perf_counter()
+    tensors = await run_in_threadpool(lambda: torch.stack([embedder.preprocess(r.crop) for r in searched]))
+    if state.batcher is not None and len(searched) == 1:
+        vectors = (await state.batcher.embed(tensors[0]))[None, :]
+    else:
+        async with request.app.state.forward_slots:
+            vectors = await run_in_threadpool(embedder.embed_tensors, tensors)
+    timings["embed"] = time.perf_counter() - start
+    return vectors
+
+
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, openapi_extra=SEARCH_BODY,
              summary="Find the catalog products that look most like a photo")
 async def search(request: Request, settings: SettingsDep, state: StateDep, gen: GenerationDep,
@@ -133,8 +172,15 @@ async def search(request: Request, settings: SettingsDep, state: StateDep, gen: 
     data, options = await read_search_request(request, settings.max_upload_bytes, settings.max_query_bytes)
     query = plan_query(options, settings)
     timings: dict[str, float] = {}
-    vector = gen.encode((await embed_uploads(request, state, settings, [data], timings))[0])
-    response = await run_in_threadpool(ranked_response, settings, gen, vector, query, timings)
+    first, others = await locate(request, state, settings, data, options, timings)
+    vectors = gen.encode(await embed_regions(request, state, [first, *others] if options.objects == "all" else [first],
+                                            timings))
+    response = await run_in_threadpool(ranked_response, settings, gen, vectors[0], query, timings)
+    response.box = first.box
+    response.objects = [DetectedObject(box=r.box) for r in others]
+    if options.objects == "all":
+        for obj, vector in zip(response.objects, vectors[1:], strict=True):
+            obj.results = (await run_in_threadpool(ranked_response, settings, gen, vector, query, {})).results
     metrics.observe(timings)
     metrics.searches.labels("search", response.plan).inc()
     return response
@@ -153,10 +199,16 @@ async def search_batch(request: Request, settings: SettingsDep, state: StateDep,
         raise ApiError(422, "too_many_queries", f"{len(batch.queries)} queries; the limit is {settings.max_batch_queries}")
     queries = [plan_query(q, settings) for q in batch.queries]
     images = await run_in_threadpool(decode_batch_images, batch, settings.max_upload_bytes)
+    if any(q.objects == "all" for q in batch.queries):
+        raise ApiError(422, "objects_all_in_batch", "objects=all is for single searches (POST /search)")
     timings: dict[str, float] = {}
-    vectors = gen.encode(await embed_uploads(request, state, settings, images, timings))
+    located = [await locate(request, state, settings, data, q, timings) for data, q in zip(images, batch.queries)]
+    vectors = gen.encode(await embed_regions(request, state, [first for first, _ in located], timings))
     responses = [await run_in_threadpool(ranked_response, settings, gen, v, q, dict(timings))
                  for v, q in zip(vectors, queries, strict=True)]
+    for response, (first, others) in zip(responses, located, strict=True):
+        response.box = first.box
+        response.objects = [DetectedObject(box=r.box) for r in others]
     metrics.observe(timings)
     for r in responses:
         metrics.searches.labels("batch", r.plan).inc()

@@ -1,0 +1,192 @@
+"""Retrieval quality on shoppers' photos: held-out demo views composited into real photographs.
+
+Every held-out query view of the demo catalog (queries.csv) is rendered again with an alpha mask
+(``demo.cutouts``) and pasted into a photograph from Debian's ``plasma-workspace-wallpapers`` (the benchmark's
+half of the photographic ones, see ``training.composite``): the object spans 20-70% of the frame, at a random
+place, one in five runs over an edge, three in ten share the photo with a smaller second product, and the
+photo is blurred, noised, colour-cast and JPEG-compressed. Scenes are seeded and cached under --scenes-dir.
+
+Rows (product-level Recall@1/5/10 over the whole catalog): the whole frame as today's service embeds it, each
+localiser's crop (the activation-map baseline, the trained FCOS localiser), and the crop of the true box
+(oracle: the ceiling for localisation). The clean set (the held-out renders as they are) shows what
+localisation costs where there is nothing to find. Also times a localisation against one embedding forward.
+
+    .venv/bin/python bench/shopper_quality.py [--limit N] [--checkpoint best.pt] [--json]
+    (needs: the demo catalog, `apt-get install plasma-workspace-wallpapers`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.demo_quality import product_recall, served_vectors  # noqa: E402
+from demo.cutouts import render_cutouts  # noqa: E402
+from indexer import read_catalog  # noqa: E402
+from indexer.extract import extract_embeddings  # noqa: E402
+from models import Embedder, ModelConfig, build_model  # noqa: E402
+from models.localiser import ActivationLocaliser, Detector, Localiser, object_crop  # noqa: E402
+from training.composite import (BENCH_WALLPAPERS, SceneConfig, compose_scene, load_backgrounds,  # noqa: E402
+                                wallpaper_paths)
+
+KS = (1, 5, 10)
+
+
+def build_scenes(demo_dir: Path, scenes_dir: Path, products: list[str], seed: int, workers: int
+                 ) -> list[tuple[Path, str, tuple[float, float, float, float]]]:
+    """The shopper-photo queries (cached): (scene path, product id, true box of the product)."""
+    index = scenes_dir / f"scenes-seed{seed}.csv"
+    if index.exists():
+        with index.open() as handle:
+            rows = [(scenes_dir / r["image"], r["product_id"], tuple(float(r[c]) for c in "xywh"))
+                    for r in csv.DictReader(handle)]
+        if {p for _, p, _ in rows} >= set(products):
+            return [r for r in rows if r[1] in set(products)]  # type: ignore[misc]
+    cutouts = render_cutouts(demo_dir, scenes_dir / "cutouts", kind="queries", products=set(products),
+                             workers=workers)
+    backgrounds = load_backgrounds(wallpaper_paths(BENCH_WALLPAPERS))
+    names = sorted(cutouts)
+    images = {name: [Image.open(p).convert("RGBA") for p in cutouts[name]] for name in names}
+    rows = []
+    for n, name in enumerate(names):
+        for k, main in enumerate(images[name]):
+            rng = np.random.default_rng([seed, n, k])
+            others = [images[o][0] for o in rng.choice([o for o in names if o != name], size=min(8, len(names) - 1),
+                                                       replace=False)] if len(names) > 1 else []
+            scene, placed = compose_scene(rng, backgrounds, main, others, SceneConfig())
+            rel = f"scenes/{name}-{k}.jpg"
+            (scenes_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            scene.save(scenes_dir / rel, quality=92)
+            rows.append((scenes_dir / rel, name, placed[0].box))
+    with index.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "product_id", "x", "y", "w", "h"])
+        writer.writerows([str(p.relative_to(scenes_dir)), prod, *box] for p, prod, box in rows)
+    return rows
+
+
+def embed_crops(embedder: Embedder, images: list[Image.Image], boxes: list[tuple | None]) -> np.ndarray:
+    """Embed each image's crop around its box (the whole image where the box is None)."""
+    crops = [object_crop(im, box) if box is not None else im for im, box in zip(images, boxes)]
+    return embedder.embed_images(crops, batch_size=32)
+
+
+def detect_all(detector: Detector, images: list[Image.Image]) -> tuple[list[tuple | None], float]:
+    """The top box per image (None when nothing is found) and the median seconds per detection."""
+    boxes, seconds = [], []
+    for im in images:
+        start = time.perf_counter()
+        found = detector.detect(im)
+        seconds.append(time.perf_counter() - start)
+        boxes.append(found[0].box if found else None)
+    return boxes, statistics.median(seconds)
+
+
+def forward_seconds(embedder: Embedder, repeats: int = 30) -> float:
+    """Median seconds of one embedding forward (batch 1) at the model's input size."""
+    x = torch.zeros(1, 3, embedder.image_size, embedder.image_size)
+    embedder.embed_tensors(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        embedder.embed_tensors(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo-dir", type=Path, default=Path("data/demo"))
+    parser.add_argument("--scenes-dir", type=Path, default=Path("data/shopper"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--localiser", type=Path, default=Path("models/weights/localiser.pt"))
+    parser.add_argument("--checkpoint", action="append", default=[], help="also evaluate a trained checkpoint")
+    parser.add_argument("--no-pretrained", action="store_true", help="only the given checkpoints")
+    parser.add_argument("--limit", type=int, default=None, help="first N products (spread) only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (timings are per thread count)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per row")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = read_catalog(args.demo_dir / "catalog.csv")
+    with (args.demo_dir / "queries.csv").open() as handle:
+        clean = [(args.demo_dir / r["query_image"], r["product_id"]) for r in csv.DictReader(handle)]
+    products = list(dict.fromkeys(r.product_id for r in rows))
+    if args.limit:
+        products = [products[i] for i in np.linspace(0, len(products) - 1, args.limit).round().astype(int)]
+        clean = [q for q in clean if q[1] in set(products)]
+    scenes = build_scenes(args.demo_dir, args.scenes_dir, products, args.seed, args.workers)
+    shop_images = [Image.open(p).convert("RGB") for p, _, _ in scenes]
+    shop_truth = [prod for _, prod, _ in scenes]
+    clean_images = [Image.open(p).convert("RGB") for p, _ in clean]
+    clean_truth = [prod for _, prod in clean]
+
+    detectors: dict[str, Detector] = {"activation map (untrained)": ActivationLocaliser()}
+    if args.localiser.exists():
+        detectors[f"localiser {args.localiser.name}"] = Localiser.load(args.localiser)
+    else:
+        print(f"(no localiser at {args.localiser}: run `lookalike train-detector` for its rows)", file=sys.stderr)
+    timing = {}
+    shop_boxes: dict[str, list] = {}
+    clean_boxes: dict[str, list] = {}
+    for name, det in detectors.items():
+        shop_boxes[name], timing[name] = detect_all(det, shop_images)
+        clean_boxes[name], _ = detect_all(det, clean_images)
+
+    models = {} if args.no_pretrained else {"pretrained": lambda: build_model(ModelConfig())}
+    for path in args.checkpoint:
+        models[f"checkpoint {path}"] = lambda path=path: build_model(checkpoint=path)
+    if not args.json:
+        print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads; gallery {len(rows)} images of "
+              f"{len(products)} products; {len(scenes)} shopper photos, {len(clean)} clean queries")
+        print(f"{'model':<34} {'set':<8} {'method':<34} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
+    results = []
+    for model_name, make in models.items():
+        embedder = Embedder(make(), device="cpu")
+        gallery = served_vectors(args.data_dir, embedder.model_id, rows)
+        if gallery is None:
+            gallery = extract_embeddings([r.image for r in rows], embedder, workers=args.workers, progress=False)
+        gallery_products = [r.product_id for r in rows]
+        variants = [("shopper", "whole frame", shop_images, [None] * len(scenes), shop_truth),
+                    *[("shopper", f"crop: {n}", shop_images, shop_boxes[n], shop_truth) for n in detectors],
+                    ("shopper", "crop: true box (oracle)", shop_images, [b for _, _, b in scenes], shop_truth),
+                    ("clean", "whole frame", clean_images, [None] * len(clean), clean_truth),
+                    *[("clean", f"crop: {n}", clean_images, clean_boxes[n], clean_truth) for n in detectors]]
+        for set_name, method, images, boxes, truth in variants:
+            vecs = embed_crops(embedder, images, boxes)
+            recall = product_recall(vecs, truth, gallery, gallery_products, KS)
+            row = {"model": model_name, "set": set_name, "method": method, "queries": len(images),
+                   **{f"R@{k}": round(recall[k], 4) for k in KS}}
+            results.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(f"{model_name:<34} {set_name:<8} {method:<34} {recall[1]:>6.3f} {recall[5]:>6.3f} "
+                      f"{recall[10]:>6.3f}", flush=True)
+        if model_name == "pretrained" or len(models) == 1:
+            forward = forward_seconds(embedder)
+            for name, seconds in timing.items():
+                row = {"method": name, "set": "timing", "ms_per_detection": round(seconds * 1000, 2),
+                       "ms_per_embedding_forward": round(forward * 1000, 2), "ratio": round(seconds / forward, 3),
+                       "threads": torch.get_num_threads()}
+                print(json.dumps(row) if args.json else
+                      f"localisation {name}: {seconds * 1000:.1f} ms vs one embedding forward {forward * 1000:.1f} ms "
+                      f"= {seconds / forward:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
