@@ -24,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ from training.composite import (BENCH_WALLPAPERS, SceneConfig, compose_scene, lo
 KS = (1, 5, 10)
 
 
-def build_scenes(demo_dir: Path, scenes_dir: Path, products: list[str], seed: int, workers: int
+def build_scenes(demo_dir: Path, scenes_dir: Path, cutouts_dir: Path, products: list[str], seed: int, workers: int
                  ) -> list[tuple[Path, str, tuple[float, float, float, float]]]:
     """The shopper-photo queries (cached): (scene path, product id, true box of the product)."""
     index = scenes_dir / f"scenes-seed{seed}.csv"
@@ -54,15 +55,14 @@ def build_scenes(demo_dir: Path, scenes_dir: Path, products: list[str], seed: in
                     for r in csv.DictReader(handle)]
         if {p for _, p, _ in rows} >= set(products):
             return [r for r in rows if r[1] in set(products)]  # type: ignore[misc]
-    cutouts = render_cutouts(demo_dir, scenes_dir / "cutouts", kind="queries", products=set(products),
-                             workers=workers)
+    cutouts = render_cutouts(demo_dir, cutouts_dir, kind="queries", products=set(products), workers=workers)
     backgrounds = load_backgrounds(wallpaper_paths(BENCH_WALLPAPERS))
     names = sorted(cutouts)
     images = {name: [Image.open(p).convert("RGBA") for p in cutouts[name]] for name in names}
     rows = []
-    for n, name in enumerate(names):
+    for name in names:
         for k, main in enumerate(images[name]):
-            rng = np.random.default_rng([seed, n, k])
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode()), k])
             others = [images[o][0] for o in rng.choice([o for o in names if o != name], size=min(8, len(names) - 1),
                                                        replace=False)] if len(names) > 1 else []
             scene, placed = compose_scene(rng, backgrounds, main, others, SceneConfig())
@@ -106,11 +106,26 @@ def forward_seconds(embedder: Embedder, repeats: int = 30) -> float:
     return statistics.median(times)
 
 
+def gallery_vectors(embedder: Embedder, rows: list, args: argparse.Namespace) -> np.ndarray:
+    """The catalog's vectors by this model: the served generation's, a cached copy, or computed (and cached)."""
+    served = served_vectors(args.data_dir, embedder.model_id, rows)
+    if served is not None:
+        return np.asarray(served)
+    cache = args.scenes_dir / f"gallery-{embedder.model_id}-{len(rows)}.npy"
+    if cache.exists():
+        return np.load(cache)
+    vectors = extract_embeddings([r.image for r in rows], embedder, workers=args.workers, progress=False)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vectors)
+    return vectors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-dir", type=Path, default=Path("data/demo"))
     parser.add_argument("--scenes-dir", type=Path, default=Path("data/shopper"))
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--cutouts-dir", type=Path, default=Path("data/cutouts"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="reuse the served generation's vectors")
     parser.add_argument("--localiser", type=Path, default=Path("models/weights/localiser.pt"))
     parser.add_argument("--checkpoint", action="append", default=[], help="also evaluate a trained checkpoint")
     parser.add_argument("--no-pretrained", action="store_true", help="only the given checkpoints")
@@ -129,7 +144,7 @@ def main() -> None:
     if args.limit:
         products = [products[i] for i in np.linspace(0, len(products) - 1, args.limit).round().astype(int)]
         clean = [q for q in clean if q[1] in set(products)]
-    scenes = build_scenes(args.demo_dir, args.scenes_dir, products, args.seed, args.workers)
+    scenes = build_scenes(args.demo_dir, args.scenes_dir, args.cutouts_dir, products, args.seed, args.workers)
     shop_images = [Image.open(p).convert("RGB") for p, _, _ in scenes]
     shop_truth = [prod for _, prod, _ in scenes]
     clean_images = [Image.open(p).convert("RGB") for p, _ in clean]
@@ -157,9 +172,7 @@ def main() -> None:
     results = []
     for model_name, make in models.items():
         embedder = Embedder(make(), device="cpu")
-        gallery = served_vectors(args.data_dir, embedder.model_id, rows)
-        if gallery is None:
-            gallery = extract_embeddings([r.image for r in rows], embedder, workers=args.workers, progress=False)
+        gallery = gallery_vectors(embedder, rows, args)
         gallery_products = [r.product_id for r in rows]
         variants = [("shopper", "whole frame", shop_images, [None] * len(scenes), shop_truth),
                     *[("shopper", f"crop: {n}", shop_images, shop_boxes[n], shop_truth) for n in detectors],

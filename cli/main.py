@@ -9,6 +9,7 @@ import typer
 
 from app.settings import Settings
 from cli.demo import demo_app
+from cli.detector import detector_app
 from cli.index import index_app
 from cli.serve import serve_app
 from cli.train import train_app
@@ -22,7 +23,7 @@ def root(ctx: typer.Context) -> None:
     ctx.obj = Settings()
 
 
-for group in (index_app, demo_app, serve_app, train_app):
+for group in (index_app, demo_app, serve_app, train_app, detector_app):
     cli.add_typer(group)
 
 

@@ -392,6 +392,7 @@ def render(
     supersample: int = 2,
     fill: float | None = None,
     ambient: float = 0.38,
+    alpha: bool = False,
 ) -> Image.Image:
     """Render ``mesh`` to an RGB image of ``size`` x ``size`` pixels.
 
@@ -402,7 +403,9 @@ def render(
     (x right, y up, z towards the viewer).  ``background`` is an RGB colour,
     an image/array, or None for a random one from :func:`make_background`.
     Rendering happens at ``supersample`` x the size and is box-downsampled for
-    anti-aliasing.
+    anti-aliasing. With ``alpha`` the result is RGBA: the object alone, its
+    (anti-aliased) coverage as alpha, for compositing onto other backgrounds;
+    the view and framing are the same as without it.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     big = size * max(1, supersample)
@@ -467,7 +470,25 @@ def render(
                 uv = np.einsum("fk,fkc->fc", barybuf[covered[m]], uvs[tri[m]])
                 colour[m] = _sample(mesh.materials[mi].texture, uv)
     colour *= intensity[tri][:, None]
+    if alpha:
+        return _cutout(colour, covered, big, supersample)
     flat = image.reshape(-1, 3)
     flat[covered] = colour
     out = Image.fromarray(np.clip(flat.reshape(big, big, 3), 0, 255).astype(np.uint8), "RGB")
     return out.reduce(supersample) if supersample > 1 else out
+
+
+def _cutout(colour: np.ndarray, covered: np.ndarray, big: int, supersample: int) -> Image.Image:
+    """RGBA of the covered pixels: colour and coverage box-filtered separately (premultiplied), then divided,
+    so that edge pixels keep the object's colour instead of a background's."""
+    premultiplied = np.zeros((big * big, 3), dtype=np.float32)
+    premultiplied[covered] = colour
+    coverage = np.zeros(big * big, dtype=np.float32)
+    coverage[covered] = 1.0
+    s = max(1, supersample)
+    n = big // s
+    rgb = premultiplied.reshape(n, s, n, s, 3).mean(axis=(1, 3))
+    cov = coverage.reshape(n, s, n, s).mean(axis=(1, 3))
+    rgb = rgb / np.maximum(cov, 1e-6)[..., None]
+    rgba = np.dstack([np.clip(rgb, 0, 255), cov * 255]).round().astype(np.uint8)
+    return Image.fromarray(rgba, "RGBA")

@@ -125,10 +125,10 @@ def train_localiser(backgrounds: Sequence[Image.Image], cutouts: Sequence[Image.
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         optimiser.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
-            progress(step, float(loss))
-        if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
+            progress(step, losses[-1])
+        if config.time_budget_s is not None and time.perf_counter() - started - prepared > config.time_budget_s:
             log.info("time budget reached after %d steps", step)
             break
     model.eval()

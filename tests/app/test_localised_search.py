@@ -1,0 +1,106 @@
+"""Searching a shopper's photo: the service finds the product, crops it and says which box it searched; a caller's
+box; every object with objects=all; the whole photo when nothing is found or localisation is off.
+The localiser is the tiny one trained on the fly (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.localise import parse_box
+from app.errors import ApiError
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import busy_background, product_cutout
+from training.localiser import box_iou
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def shopper_photo(product: int, at: tuple[int, int], size: int = 110, seed: int = 5,
+                  second: tuple[int, tuple[int, int]] | None = None) -> tuple[Image.Image, tuple[float, ...]]:
+    """Product ``product`` pasted at ``at`` onto a busy backdrop (and maybe a second one); its true box."""
+    photo = busy_background(seed, (400, 300))
+    boxes = []
+    for p, (x, y) in [(product, at)] + ([second] if second else []):
+        cut = product_cutout(p, 8).resize((size, size))
+        photo.paste(cut, (x, y), cut)
+        ys, xs = np.nonzero(np.asarray(cut.getchannel("A")) > 0)
+        boxes.append((x + xs.min(), y + ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    return photo, boxes[0]
+
+
+@pytest.fixture(scope="module")
+def client(built_data_dir, tiny_localiser_path):
+    settings = Settings(data_dir=built_data_dir, reload_interval_s=0, device="cpu",
+                        localiser_weights=tiny_localiser_path)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def search(client, image: bytes, **form):
+    return client.post("/search", files={"image": ("q.jpg", image, "image/jpeg")}, data=form)
+
+
+def test_parse_box_in_pixels_and_fractions():
+    assert parse_box("10,20,30,40", 400, 300) == (10, 20, 30, 40)
+    assert parse_box("0.25,0.5,0.5,0.25", 400, 300) == (100, 150, 200, 75)
+    assert parse_box("350,250,100,100", 400, 300) == (350, 250, 50, 50)  # clipped to the photo
+    for bad in ("10,20,30", "500,10,20,20", "-5,0,10,10", "1,2,0,0"):
+        with pytest.raises(ApiError):
+            parse_box(bad, 400, 300)
+
+
+def test_search_crops_the_detected_product(client):
+    photo, truth = shopper_photo(3, (230, 120))
+    body = search(client, jpeg(photo), k="3").json()
+    box = body["box"]
+    assert box["localised"] is True and box["source"] == "detected" and 0 < box["score"] <= 1
+    assert box_iou((box["x"], box["y"], box["w"], box["h"]), truth) >= 0.5, (box, truth)
+    assert "localise" in body["timings_ms"]
+    whole = search(client, jpeg(photo), k="3", localise="false").json()
+    assert whole["box"] == {"x": 0, "y": 0, "w": 400, "h": 300, "localised": False, "source": "whole", "score": None}
+    assert "localise" not in whole["timings_ms"]
+    # the crop finds the product at least as well as the whole frame does
+    rank = lambda b: [r["product_id"] for r in b["results"]].index("p3") if "p3" in [r["product_id"] for r in b["results"]] else 99  # noqa: E731
+    assert rank(body) <= rank(whole)
+
+
+def test_caller_box_in_pixels_or_fractions(client):
+    photo, (x, y, w, h) = shopper_photo(5, (40, 60))
+    body = search(client, jpeg(photo), k="3", box=f"{x},{y},{w},{h}").json()
+    assert body["box"]["source"] == "caller" and body["box"]["localised"] is False
+    assert (body["box"]["x"], body["box"]["w"]) == (x, w)
+    assert body["results"][0]["product_id"] == "p5"
+    frac = search(client, jpeg(photo), k="3", box=f"{x / 400},{y / 300},{w / 400},{h / 300}").json()
+    assert abs(frac["box"]["x"] - x) <= 1 and abs(frac["box"]["h"] - h) <= 1
+    bad = search(client, jpeg(photo), box="500,500,10,10")
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_box"
+
+
+def test_objects_all_returns_results_per_object(client):
+    photo, _ = shopper_photo(1, (20, 40), second=(4, (260, 150)))
+    body = search(client, jpeg(photo), k="2", objects="all").json()
+    assert body["box"]["localised"] is True
+    assert body["objects"], "both products should be found"
+    for obj in body["objects"]:
+        assert obj["box"]["source"] == "detected" and len(obj["results"]) == 2
+    found = {body["results"][0]["product_id"]} | {o["results"][0]["product_id"] for o in body["objects"]}
+    assert {"p1", "p4"} <= found
+    best_only = search(client, jpeg(photo), k="2").json()
+    assert all(o["results"] is None for o in best_only["objects"])
+
+
+def test_nothing_to_find_searches_the_whole_photo(client):
+    flat = Image.new("RGB", (320, 240), (128, 128, 128))
+    body = search(client, jpeg(flat), k="3").json()
+    assert body["box"] == {"x": 0, "y": 0, "w": 320, "h": 240, "localised": False, "source": "whole", "score": None}
+    assert body["objects"] == [] and len(body["results"]) == 3
