@@ -81,6 +81,20 @@ def test_red_cube_on_background(library: Path) -> None:
     assert 0.2 < red_fraction < 0.6
 
 
+def test_alpha_render_is_the_same_view_cut_out(library: Path) -> None:
+    mesh = load_obj(library, "test/red-cube/cube.obj")
+    on_blue = pixels(render(mesh, yaw_deg=30, pitch_deg=20, background=(20, 40, 230), size=64, fill=0.6))
+    cut = pixels(render(mesh, yaw_deg=30, pitch_deg=20, background=(20, 40, 230), size=64, fill=0.6, alpha=True))
+    assert cut.shape == (64, 64, 4)
+    alpha = cut[..., 3]
+    differs = np.abs(on_blue - np.array([20, 40, 230])).sum(axis=2) > 0
+    assert ((alpha > 0) == differs).mean() > 0.99  # coverage is where the object was drawn
+    inside = alpha == 255
+    assert inside.sum() > 500 and np.abs(cut[..., :3][inside] - on_blue[inside]).max() <= 1  # same colours
+    edge = (alpha > 0) & (alpha < 255)
+    assert edge.any() and all(is_red(p) for p in cut[..., :3][edge])  # edges keep the object's colour
+
+
 def test_yaw_changes_the_image(library: Path) -> None:
     mesh = load_obj(library, "test/red-cube/cube.obj")
     a = pixels(render(mesh, yaw_deg=0, pitch_deg=20, background=WHITE, size=64, fill=0.7))
