@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DATA := /usr/share/sweethome3d/furniture
 CHROMIUM := /usr/bin/chromium
+# Photographs that shopper-photo composites are pasted into (bench/shopper_quality.py, lookalike train-detector).
+WALLPAPERS := /usr/share/wallpapers/Path
 
-.PHONY: install run demo serve test lint bench-quality bench-peers clean
+.PHONY: install run demo serve test lint bench-quality bench-peers bench-shopper train-detector clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +30,11 @@ $(DEMO_DATA):
 $(CHROMIUM):
 	$(SUDO) apt-get update
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium
+
+# Debian's plasma-workspace-wallpapers: KDE's wallpapers, eleven of them photographs (LGPL-3 / CC-BY-SA-4.0).
+$(WALLPAPERS):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends plasma-workspace-wallpapers
 
 demo: install $(DEMO_DATA)
 	$(BIN)/lookalike demo
@@ -52,6 +59,13 @@ bench-quality: demo
 bench-peers: install
 	$(BIN)/pip install -e '.[bench]'
 	$(BIN)/python bench/peers.py --size 100000
+
+bench-shopper: demo $(WALLPAPERS)
+	$(BIN)/python bench/shopper_quality.py
+
+# Retrains the packaged localiser (models/weights/localiser.pt); `make run` uses the committed file as it is.
+train-detector: demo $(WALLPAPERS)
+	$(BIN)/lookalike train-detector
 
 clean:
 	rm -rf $(VENV) data

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     # query localisation (find the product in a shopper's photo, then embed its crop)
     localise: bool = Field(default=True, description="search the most salient object found in the photo by default")
     localiser_weights: Path | None = Field(default=None, description="None: the packaged models/weights/localiser.pt")
+    localiser_min_score: float = Field(default=0.3, ge=0, le=1, description="detections below this score are "
+                                       "ignored; with none left the whole photo is searched")
     crop_margin: float = Field(default=0.1, ge=0, le=1, description="context kept around a box on each side")
     localise_draft_factor: int = Field(default=3, ge=1, le=16, description="decode photos at this multiple of the "
                                        "embedding size, so that a crop keeps detail")

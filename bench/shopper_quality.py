@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--localiser", type=Path, default=Path("models/weights/localiser.pt"))
     parser.add_argument("--checkpoint", action="append", default=[], help="also evaluate a trained checkpoint")
     parser.add_argument("--no-pretrained", action="store_true", help="only the given checkpoints")
-    parser.add_argument("--limit", type=int, default=None, help="first N products (spread) only")
+    parser.add_argument("--limit", type=int, default=None, help="queries of the first N products only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (timings are per thread count)")
@@ -141,8 +141,8 @@ def main() -> None:
     with (args.demo_dir / "queries.csv").open() as handle:
         clean = [(args.demo_dir / r["query_image"], r["product_id"]) for r in csv.DictReader(handle)]
     products = list(dict.fromkeys(r.product_id for r in rows))
-    if args.limit:
-        products = [products[i] for i in np.linspace(0, len(products) - 1, args.limit).round().astype(int)]
+    if args.limit:  # the first N products of the catalog as queries (the gallery stays the whole catalog)
+        products = products[: args.limit]
         clean = [q for q in clean if q[1] in set(products)]
     scenes = build_scenes(args.demo_dir, args.scenes_dir, args.cutouts_dir, products, args.seed, args.workers)
     shop_images = [Image.open(p).convert("RGB") for p, _, _ in scenes]

@@ -27,6 +27,7 @@ def train_detector(
     time_budget: Annotated[float, typer.Option(help="seconds of optimiser steps at most")] = 600.0,
     image_size: Annotated[int, typer.Option(help="the photo's longer side when detecting")] = 160,
     workers: Annotated[int, typer.Option(help="render processes for the cut-outs")] = 2,
+    threads: Annotated[int, typer.Option(help="torch threads while training (1 is fastest on a busy CPU)")] = 1,
     seed: int = 0,
 ) -> None:
     """Train the class-agnostic object localiser on demo cut-outs pasted into photographs (offline; minutes)."""
@@ -34,6 +35,7 @@ def train_detector(
     from PIL import Image
 
     from demo.cutouts import render_cutouts
+    from indexer import read_catalog
     from models.localiser import ActivationLocaliser, Localiser, LocaliserConfig, save_localiser
     from training.composite import (BENCH_WALLPAPERS, TRAIN_WALLPAPERS, BackgroundsMissing, SceneConfig,
                                     compose_scene, load_backgrounds, wallpaper_paths)
@@ -49,7 +51,7 @@ def train_detector(
     except BackgroundsMissing as exc:
         raise fail(str(exc)) from None
     started = time.perf_counter()
-    slugs = sorted({line.split(",")[1] for line in (settings.demo_dir / "catalog.csv").read_text().splitlines()[1:]})
+    slugs = sorted({row.product_id for row in read_catalog(settings.demo_dir / "catalog.csv")})
     picks = sorted({slugs[i] for i in np.linspace(0, len(slugs) - 1, min(products, len(slugs))).round().astype(int)})
     typer.echo(f"rendering cut-outs of {len(picks)} products into {cutouts_dir} (reused when present)")
     rendered = render_cutouts(settings.demo_dir, cutouts_dir, kind="images", per_item=1, products=set(picks),
@@ -58,7 +60,8 @@ def train_detector(
     held = set(names[::10])  # every tenth product checks the result on the benchmark's backgrounds
     train_cut = [Image.open(rendered[n][0]).convert("RGBA") for n in names if n not in held]
     check_cut = [Image.open(rendered[n][0]).convert("RGBA") for n in names if n in held]
-    config = LocaliserTrainConfig(scenes=scenes, iterations=iterations, time_budget_s=time_budget, seed=seed)
+    config = LocaliserTrainConfig(scenes=scenes, iterations=iterations, time_budget_s=time_budget, seed=seed,
+                                  threads=threads)
     model_config = LocaliserConfig(image_size=image_size)
     typer.echo(f"training on {scenes} composites of {len(train_cut)} products (at most {iterations} steps, "
                f"{time_budget:.0f} s)")

@@ -133,5 +133,6 @@ def tiny_localiser_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cutouts = [product_cutout(p, v) for p in range(PRODUCTS) for v in range(IMAGES_PER_PRODUCT)]
     backgrounds = [busy_background(s) for s in range(8)]
     model, summary = train_localiser(backgrounds, cutouts, LocaliserConfig(image_size=128),
-                                     LocaliserTrainConfig(scenes=256, iterations=120, batch_size=32, warmup=10))
+                                     LocaliserTrainConfig(scenes=192, iterations=100, batch_size=32, warmup=10,
+                                                                          threads=1))
     return save_localiser(model, tmp_path_factory.mktemp("localiser") / "tiny.pt", summary)

@@ -142,6 +142,7 @@ async def locate(request: Request, state: ServiceState, settings: Settings, data
         start = time.perf_counter()
         async with request.app.state.forward_slots:
             detections = await run_in_threadpool(localiser.detect, image)
+        detections = [d for d in detections if d.score >= settings.localiser_min_score]
         timings["localise"] = timings.get("localise", 0.0) + time.perf_counter() - start
     return regions(image, original, detections, options.box, settings.crop_margin)
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageStat
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import draw_product
+from tests.conftest import busy_background, draw_product, product_cutout
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -26,11 +26,12 @@ TIMEOUT_MS = 60_000  # a search embeds on a shared CPU: be patient, the assertio
 
 
 @pytest.fixture(scope="module")
-def base_url(built_data_dir: Path) -> Iterator[str]:
+def base_url(built_data_dir: Path, tiny_localiser_path: Path) -> Iterator[str]:
     """The real app under uvicorn in a thread, on a free loopback port."""
     import uvicorn
 
-    settings = Settings(data_dir=built_data_dir, reload_interval_s=0, device="cpu")
+    settings = Settings(data_dir=built_data_dir, reload_interval_s=0, device="cpu",
+                        localiser_weights=tiny_localiser_path)
     app = create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -162,3 +163,33 @@ def test_errors_from_the_service_are_shown(page, tmp_path: Path) -> None:  # typ
     page.wait_for_function("document.body.dataset.state === 'error'")
     assert page.text_content("#error").startswith("not_an_image:")
     assert page.locator("#results .card").count() == 0
+
+
+def test_boxes_are_drawn_and_a_dragged_box_searches_again(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    photo = busy_background(5, (400, 300))
+    cut = product_cutout(2, 8).resize((120, 120))
+    photo.paste(cut, (240, 130), cut)
+    path = tmp_path / "shopper.jpg"
+    photo.save(path, quality=92)
+
+    # 1. The service finds the product: its box is drawn (solid) over the photo.
+    page.set_input_files("#file", str(path))
+    _wait_for_status(page, "Photo:")
+    page.wait_for_selector("#stage .objbox.active")
+    active = page.locator("#stage .objbox.active")
+    assert active.get_attribute("data-source") == "detected"
+    x, y, w, h = (int(v) for v in active.get_attribute("data-box").split(","))
+    assert x + w / 2 > 200 and y + h / 2 > 110  # around the pasted product, in photo pixels
+
+    # 2. Dragging a box over the top-left corner searches that region instead.
+    frame = page.locator("#photo-view").bounding_box()
+    assert frame
+    page.mouse.move(frame["x"] + 5, frame["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(frame["x"] + frame["width"] * 0.4, frame["y"] + frame["height"] * 0.4, steps=5)
+    page.mouse.up()
+    _wait_for_status(page, "(your box)")
+    page.wait_for_selector("#stage .objbox.active[data-source='caller']")
+    x, y, w, h = (int(v) for v in page.get_attribute("#stage .objbox.active", "data-box").split(","))
+    assert x < 20 and y < 20 and 100 < w < 200 and 80 < h < 150
+    assert _cards(page)

