@@ -101,8 +101,8 @@ def index(
     checkpoint: Annotated[str | None, typer.Option(help="trained checkpoint (default: pretrained EfficientNet-Lite0)")] = None,
     progress: bool = True,
     engine: Annotated[str, typer.Option(help="extraction engine: local (DataLoader) or ray (Ray Data)")] = "local",
-    memory_budget_gb: Annotated[float | None, typer.Option(help="RAM for the index; a tight one picks OPQ+IVF-PQ")] = None,
-    flat_threshold: Annotated[int | None, typer.Option(help="exact index up to this many vectors (default: settings)")] = None,
+    memory_budget_gb: Annotated[float | None, typer.Option(help="RAM for the vector store; a tight one keeps fp16 or 8-bit codes")] = None,
+    flat_threshold: Annotated[int | None, typer.Option(help="exact index up to this many vectors (default: settings; unset: while a scan meets the latency target)")] = None,
     shard_size: Annotated[int, typer.Option(help="images per resumable extraction shard")] = DEFAULT_SHARD_SIZE,
     decoder: Annotated[str, typer.Option(help="auto (GPU JPEG decode on CUDA), pil or tensor")] = "auto",
     vector_backend: Annotated[str | None, typer.Option(help="faiss (files in the generation) or milvus (a collection "
