@@ -167,7 +167,7 @@ def main() -> None:
         models[f"checkpoint {path}"] = lambda path=path: build_model(checkpoint=path)
     if not args.json:
         print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads; gallery {len(rows)} images of "
-              f"{len(products)} products; {len(scenes)} shopper photos, {len(clean)} clean queries")
+              f"{len({r.product_id for r in rows})} products; {len(scenes)} shopper photos, {len(clean)} clean queries")
         print(f"{'model':<34} {'set':<8} {'method':<34} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
     results = []
     for model_name, make in models.items():
