@@ -16,13 +16,7 @@ from indexer.vector_index import gpu_available, ivf_layer, to_gpu_if_available
 DIM = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """FAISS training on one thread: on a shared machine OpenMP's spinning threads slow k-means down tenfold."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """The VectorStore contract, run against every backend in tests/vector_backends.py (seeded data, exact oracle)."""
 
-import faiss
 import numpy as np
 import pytest
 
@@ -16,13 +15,7 @@ SPECS = [pytest.param(IndexSpec("Flat"), id="flat"), pytest.param(IndexSpec("IVF
          pytest.param(IndexSpec("IVF32,PQ8x4fs,Refine(Flat)"), id="ivf-pq-refine-tuned")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """FAISS training on one thread: on a shared machine OpenMP's spinning threads slow k-means down tenfold."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")
