@@ -19,6 +19,8 @@ from indexer.index_choice import IndexBudgetError
 from indexer.ray_extract import RayUnavailable
 from indexer.shards import DEFAULT_SHARD_SIZE
 from models import Embedder
+from models.checkpoint import CheckpointError, load_checkpoint, model_fingerprint
+from models.comparison import served_comparison_warning
 
 index_app = typer.Typer(add_completion=False)
 INT8_CALIBRATION_IMAGES = 64
@@ -80,6 +82,18 @@ def run_incremental(settings: Settings, catalog: Path, checkpoint: str | None, p
                f"{result.unchanged} unchanged")
 
 
+def warn_unless_beats_served(checkpoint: str) -> None:
+    """A warning on stderr unless ``lookalike train``/``eval`` recorded that the checkpoint beats the served model
+    on held-out products (``comparison.json`` beside it); indexing goes on either way."""
+    try:
+        model_id = model_fingerprint(load_checkpoint(checkpoint))
+    except CheckpointError:
+        return  # make_embedder reports it
+    warning = served_comparison_warning(checkpoint, model_id)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+
+
 @index_app.command()
 def ingest(catalog: Annotated[Path, typer.Argument(help="CSV, TSV or JSONL catalog file")]) -> None:
     """Validate a catalog file and summarise it, without indexing."""
@@ -117,6 +131,8 @@ def index(
         if vector_backend not in ("faiss", "milvus"):
             raise fail(f"unknown vector backend {vector_backend!r} (faiss or milvus)")
         settings = settings.model_copy(update={"vector_backend": vector_backend})
+    if checkpoint is not None:
+        warn_unless_beats_served(checkpoint)
     if incremental:
         run_incremental(settings, catalog, checkpoint or settings.checkpoint, progress)
         return

@@ -60,6 +60,7 @@ TestOpt = Annotated[float, typer.Option("--test-fraction", help="share of produc
 
 @train_app.command("train")
 def train_command(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="output folder: best.pt, last.pt, metrics.jsonl, split.json")],
     catalog: CatalogOpt = None,
     folder: FolderOpt = None,
@@ -73,10 +74,22 @@ def train_command(
     k: Annotated[int, typer.Option("--k", help="images per product in a batch")] = 4,
     lr: Annotated[float, typer.Option(help="backbone learning rate (head: 10x)")] = 1e-4,
     embedding_dim: Annotated[int, typer.Option("--embedding-dim", help="projection size (0: backbone width)")] = 512,
-    image_size: Annotated[int, typer.Option("--image-size", help="input size in pixels")] = 224,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="input size in pixels (default: the "
+                                                   "served model's)")] = None,
     limit: LimitOpt = None,
     val_fraction: ValOpt = 0.15,
     test_fraction: TestOpt = 0.25,
+    steps_per_epoch: Annotated[int | None, typer.Option("--steps-per-epoch", help="batches per epoch")] = None,
+    trainable_tail: Annotated[int | None, typer.Option("--trainable-tail", help="train only the trunk's last N "
+                                                       "units (blocks, head conv, norm); default: all")] = None,
+    composite: Annotated[float, typer.Option("--composite", help="chance a catalog image is replaced by its "
+                                             "cut-out pasted on a photo and cropped (0: off)")] = 0.0,
+    cutouts_dir: Annotated[Path | None, typer.Option("--cutouts-dir", help="RGBA cut-outs laid out like the "
+                                                     "catalog's images (demo: data/cutouts)")] = None,
+    ssl_steps: Annotated[int, typer.Option("--ssl-steps", help="NT-Xent steps on unlabelled views (catalog "
+                                           "images and composites) before fine-tuning")] = 0,
+    ssl_batch: Annotated[int, typer.Option("--ssl-batch", help="images per NT-Xent batch")] = 32,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 is fastest on a busy machine)")] = None,
     workers: Annotated[int, typer.Option(help="data loading processes")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     cache_images: Annotated[bool, typer.Option("--cache-images", help="decode all images once into memory")] = False,
@@ -86,14 +99,24 @@ def train_command(
 ) -> None:
     """Fine-tune the embedding model on products (split by product into train/val/test)."""
     _require_training_extra()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         from training.datasets import ProductSplit
         from training.splits import SPLIT_FILE, load_source, split_for
         from training.train import TrainConfig, TrainError, train
 
+        served = _served_model(ctx)
         config = TrainConfig(loss=loss, backbone=backbone, epochs=epochs, frozen_epochs=frozen_epochs, p=p, k=k,
-                             lr=lr, embedding_dim=embedding_dim or None, image_size=image_size, num_workers=workers,
-                             device=device, cache_images=cache_images, seed=seed)
+                             lr=lr, embedding_dim=embedding_dim or None,
+                             image_size=image_size or served.config.image_size, num_workers=workers,
+                             device=device, cache_images=cache_images, seed=seed, steps_per_epoch=steps_per_epoch,
+                             trainable_tail=trainable_tail, composite_prob=composite,
+                             cutouts_dir=str(cutouts_dir) if cutouts_dir else None,
+                             catalog_root=str(catalog.parent) if catalog is not None else str(folder or ""),
+                             ssl_steps=ssl_steps, ssl_batch=ssl_batch)
         from training.losses import check_loss_name
 
         check_loss_name(config.loss)
@@ -112,6 +135,8 @@ def train_command(
                    f"val {len(split.val)} / {len(val_samples)}, test {len(split.test)} / {len(test_samples)} "
                    f"(split: {origin})", err=True)
         result = train(train_samples, val_samples, config, out, resume=resume, progress=progress)
+        comparison = (_compare_with_served(result.best_path, served, test_samples, "test", len(split.test), workers,
+                                           device) if test_samples else None)
     except _errors() as exc:
         raise fail(_one_line(exc)) from None
     best = result.best_metrics
@@ -122,6 +147,8 @@ def train_command(
         start = {k.removeprefix('val_'): v for k, v in result.start_metrics.items()}
         summary += f"  (start: Recall@1 {100 * start['recall@1']:.1f}  MAP@R {100 * start['map@r']:.1f})"
     typer.echo(summary)
+    if comparison is not None:
+        typer.echo(_comparison_line(comparison))
     typer.echo(f"next: lookalike eval --checkpoint {result.best_path} {_source_args(catalog, folder, sop, inshop)}")
 
 
@@ -130,6 +157,40 @@ def _source_args(catalog: Path | None, folder: Path | None, sop: Path | None, in
         if value is not None:
             return f"{flag} {value}"
     return ""
+
+
+# ------------------------------------------------------------------------------------ versus the served model
+
+
+def _served_model(ctx: typer.Context) -> Any:
+    """The network that serves now (settings' checkpoint, else the pretrained default), at its own resolution."""
+    from cli.common import settings_of
+    from models import ModelConfig, build_model
+
+    return build_model(ModelConfig(), checkpoint=settings_of(ctx).checkpoint)
+
+
+def _compare_with_served(checkpoint: Path, served: Any, samples: list, split_name: str, products: int, workers: int,
+                         device: str, trained: Any = None) -> dict[str, Any]:
+    """Score the checkpoint and the served model on the same held-out samples and record it beside the checkpoint."""
+    from models.checkpoint import load_checkpoint, model_fingerprint
+    from models.comparison import record_comparison
+    from training.train import evaluate
+
+    trained = trained if trained is not None else load_checkpoint(checkpoint)
+    trained_metrics = evaluate(trained, samples, 64, device, workers)
+    served_metrics = evaluate(served, samples, 64, device, workers)
+    return record_comparison(checkpoint, model_fingerprint(trained), trained_metrics, served_metrics,
+                             model_fingerprint(served), products, split_name) | {
+        "served_size": served.config.image_size, "trained_size": trained.config.image_size}
+
+
+def _comparison_line(entry: dict[str, Any]) -> str:
+    verdict = "beats" if entry["beats_served"] else "does NOT beat"
+    return (f"held-out {entry['split']} products ({entry['products']}): trained Recall@1 "
+            f"{100 * entry['trained']['recall@1']:.1f} at {entry['trained_size']}px vs served "
+            f"{100 * entry['served']['recall@1']:.1f} at {entry['served_size']}px: the checkpoint {verdict} the "
+            f"served model")
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -162,6 +223,7 @@ def _start_config(checkpoint: Path | None, trained: Any, backbone: str | None, i
 
 @train_app.command("eval")
 def eval_command(
+    ctx: typer.Context,
     checkpoint: Annotated[Path | None, typer.Option(help="trained checkpoint; its folder's split.json is used")] = None,
     catalog: CatalogOpt = None,
     folder: FolderOpt = None,
@@ -180,7 +242,8 @@ def eval_command(
     seed: SeedOpt = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
 ) -> None:
-    """Recall@1/5/10/100 and MAP@R on held-out products: trained checkpoint vs the pretrained start."""
+    """Recall@1/5/10/100 and MAP@R on held-out products: trained checkpoint vs the served model (each at its own
+    resolution) and the pretrained start; on the test split the comparison is recorded beside the checkpoint."""
     _require_training_extra()
     try:
         from models.checkpoint import load_checkpoint
@@ -207,8 +270,18 @@ def eval_command(
         typer.echo(f"{description}: {split_name} split, {len(split.products(split_name))} products, "
                    f"{len(chosen)} images (split: {origin})", err=True)
         rows: list[tuple[str, dict[str, Any]]] = []
+        comparison = None
         if trained is not None:
-            rows.append((f"trained ({checkpoint})", evaluate(trained, chosen, batch_size, device, workers)))
+            served = _served_model(ctx)
+            if split_name == "test":
+                comparison = _compare_with_served(checkpoint, served, chosen, split_name,
+                                                  len(split.products(split_name)), workers, device, trained)
+                rows.append((f"trained ({checkpoint})", comparison["trained"]))
+                rows.append((f"served ({served.config.image_size}px)", comparison["served"]))
+            else:
+                rows.append((f"trained ({checkpoint})", evaluate(trained, chosen, batch_size, device, workers)))
+                rows.append((f"served ({served.config.image_size}px)",
+                             evaluate(served, chosen, batch_size, device, workers)))
         if baseline:
             start: EmbeddingNet = EmbeddingNet(start_config)
             name = f"start ({start_config.backbone}{'' if start_config.pretrained else ' random-init'}, " \
@@ -220,4 +293,6 @@ def eval_command(
         typer.echo(json.dumps({name: metrics for name, metrics in rows}, indent=1))
     else:
         typer.echo(format_table(rows))
+        if comparison is not None:
+            typer.echo(_comparison_line(comparison))
     sys.stdout.flush()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -303,15 +304,18 @@ class ImageDataset(torch.utils.data.Dataset):
     """Samples -> ``(image tensor, label index)``; label indexes follow ``classes`` (sorted labels by default).
 
     Images are decoded with :func:`models.preprocess.load_image` (the same decoding as indexing and serving,
-    ``draft_size`` as there). ``cache=True`` decodes every image once up front and keeps it in memory
+    ``draft_size`` as there). ``composite`` (see :mod:`training.composite_augment`) may replace an image with a
+    composite crop of its cut-out. ``cache=True`` decodes every image once up front and keeps it in memory
     (downscaled to ``cache_size`` on its shorter side when given), which pays off for small datasets trained
     for several epochs.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], torch.Tensor] | None = None,
                  classes: Sequence[str] | None = None, draft_size: int | None = None, cache: bool = False,
-                 cache_size: int | None = None) -> None:
+                 cache_size: int | None = None,
+                 composite: Callable[[Path, np.random.Generator], Image.Image | None] | None = None) -> None:
         self.samples = list(samples)
+        self.composite = composite
         self.transform = transform
         self.classes = list(classes) if classes is not None else products_of(self.samples)
         self.class_to_index = {label: i for i, label in enumerate(self.classes)}
@@ -336,7 +340,11 @@ class ImageDataset(torch.utils.data.Dataset):
         return self._decode(self.samples[index].path)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self.image(index)
+        image = None
+        if self.composite is not None:  # seeded from torch's generator, like the other random transforms
+            image = self.composite(self.samples[index].path, np.random.default_rng(int(torch.randint(2**62, ()))))
+        if image is None:
+            image = self.image(index)
         return (self.transform(image) if self.transform is not None else image), self.targets[index]
 
 

@@ -43,6 +43,10 @@ from training.losses import DEFAULT_LOSS, LossBundle, build_loss, check_loss_nam
 from training.metrics import DEFAULT_KS, format_metrics, retrieval_metrics
 from models.preprocess import build_transform
 from models.atomic import write_text_atomic
+from training.composite import TRAIN_WALLPAPERS, load_backgrounds, wallpaper_paths
+from training.composite_augment import CompositeAugment, cutout_paths
+from training.self_supervised import adapt_self_supervised
+from training.self_supervised import summary as ssl_summary
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training.png"
@@ -86,6 +90,18 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(default=64, ge=1)
     eval_start: bool = Field(default=True, description="evaluate the untrained start as epoch 0")
     seed: int = 0
+    trainable_tail: int | None = Field(default=None, ge=1, description="train only the trunk's last N units "
+                                       "(blocks, then the head conv and norm); None: the whole trunk")
+    composite_prob: float = Field(default=0.0, ge=0, le=1, description="chance an image with a cut-out is "
+                                  "replaced by a composite crop of it on a photo (training.composite_augment)")
+    catalog_root: str | None = Field(default=None, description="the folder the catalog's image paths live under")
+    cutouts_dir: str | None = Field(default=None, description="cut-outs: <cutouts_dir>/<image path under "
+                                    "catalog_root>.png")
+    backgrounds: list[str] | None = Field(default=None, description="background photos; None: the training half "
+                                          "of the installed wallpapers (never the benchmark's)")
+    ssl_steps: int = Field(default=0, ge=0, description="NT-Xent steps on unlabelled views before fine-tuning")
+    ssl_batch: int = Field(default=32, ge=2, description="images per NT-Xent batch (two views each)")
+    ssl_temperature: float = Field(default=0.1, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -94,6 +110,8 @@ class TrainConfig(BaseModel):
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if self.composite_prob > 0 and not (self.cutouts_dir and self.catalog_root):
+            raise ValueError("composite augmentation needs cutouts_dir and catalog_root")
         return self
 
     @property
@@ -182,13 +200,33 @@ def check_training_data(train_samples: Sequence[Sample], val_samples: Sequence[S
                              f"e.g. {sorted(leaked)[:3]}; split by product")
 
 
-def _set_trainable(model: EmbeddingNet, frozen_trunk: bool, freeze_bn: bool) -> None:
+def trunk_units(trunk: nn.Module) -> list[nn.Module]:
+    """The trunk's layers in order, its block lists opened one level: stem, norm, block 1..N, head conv, norm.
+
+    Wrappers with a single child are looked through (``_FeaturesOf(net)``)."""
+    children = list(trunk.children())
+    if len(children) == 1:
+        return trunk_units(children[0])
+    units: list[nn.Module] = []
+    for child in children:
+        units.extend(child.children() if isinstance(child, nn.ModuleList | nn.Sequential) else [child])
+    return units
+
+
+def _set_trainable(model: EmbeddingNet, frozen_trunk: bool, freeze_bn: bool, tail: int | None = None) -> None:
     model.train()
     for param in model.trunk.parameters():
-        param.requires_grad_(not frozen_trunk)
+        param.requires_grad_(not frozen_trunk and tail is None)
     if frozen_trunk:
         model.trunk.eval()
-    elif freeze_bn:
+        return
+    if tail is not None:  # the early units stay as pretrained (and in eval mode); the last ``tail`` ones train
+        model.trunk.eval()
+        for unit in trunk_units(model.trunk)[-tail:]:
+            unit.train()
+            for param in unit.parameters():
+                param.requires_grad_(True)
+    if freeze_bn:
         for module in model.trunk.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
@@ -343,7 +381,7 @@ class _Run:
         config = self.config
         started = time.perf_counter()
         frozen = epoch <= config.frozen_epochs
-        _set_trainable(self.model, frozen, config.freeze_bn)
+        _set_trainable(self.model, frozen, config.freeze_bn, config.trainable_tail)
         epoch_seed = config.seed * 100_003 + epoch
         torch.manual_seed(epoch_seed)
         loader = make_train_loader(self.dataset, config.p, config.k, self.steps, epoch_seed, config.num_workers,
@@ -420,6 +458,40 @@ class _Run:
         return state
 
 
+def composite_augment(config: TrainConfig, samples: Sequence[Sample]) -> CompositeAugment | None:
+    """The run's composite augmentation (None when ``composite_prob`` is 0); fails when no image has a cut-out."""
+    if config.composite_prob <= 0:
+        return None
+    assert config.cutouts_dir is not None and config.catalog_root is not None
+    cutouts = cutout_paths([s.path for s in samples], Path(config.catalog_root), Path(config.cutouts_dir))
+    if not cutouts:
+        raise TrainError(f"composite augmentation: no cut-outs under {config.cutouts_dir} for the training images "
+                         f"(render them: demo.cutouts.render_cutouts(kind='images'))")
+    paths = ([Path(p) for p in config.backgrounds] if config.backgrounds is not None
+             else wallpaper_paths(TRAIN_WALLPAPERS))
+    return CompositeAugment(cutouts, load_backgrounds(paths, max_side=768), prob=config.composite_prob)
+
+
+def _adapt(run: _Run, state: _Progress) -> None:
+    """The NT-Xent stage (``ssl_steps``) of a fresh run, on the training images and their composites, without
+    labels; its loss and the validation after it are recorded as epoch 0's ``ssl_*`` and ``ssl_val_*``."""
+    config = run.config
+    result = adapt_self_supervised(
+        run.model, run.dataset, config.ssl_steps, config.ssl_batch, config.lr * config.head_lr_factor,
+        config.ssl_temperature, config.seed,
+        lambda model: _set_trainable(model, False, config.freeze_bn, config.trainable_tail), run.progress)
+    row = ssl_summary(result) | {f"ssl_{key}": value for key, value in run.validate().items()}
+    if state.history and state.history[0].get("epoch") == 0:
+        state.history[0].update(row)
+    else:
+        state.history.insert(0, {"epoch": 0, "loss": None, **row})
+    _write_metrics(run.out_dir, state.history)
+    if run.progress:
+        tqdm.write(f"nt-xent: {result.steps} steps, loss {result.first_loss:.3f} -> {result.loss:.3f} "
+                   f"({result.seconds:.0f}s)" + (f", then val Recall@1 {100 * row['ssl_val_recall@1']:.1f}"
+                                                if "ssl_val_recall@1" in row else ""))
+
+
 def _prepare(train_samples: Sequence[Sample], val_samples: list[Sample], config: TrainConfig, out_dir: Path,
              resume: bool, progress: bool) -> tuple[_Run, dict[str, Any] | None]:
     """The model (fresh or from ``last.pt``), loss, optimiser, schedule and data of a run."""
@@ -444,7 +516,8 @@ def _prepare(train_samples: Sequence[Sample], val_samples: list[Sample], config:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.epochs * steps, config.min_lr_factor))
     dataset = ImageDataset(train_samples, train_transform(config, model.mean, model.std), classes=classes,
                            draft_size=config.image_size * 2, cache=config.cache_images,
-                           cache_size=int(config.image_size * 1.15) if config.cache_images else None)
+                           cache_size=int(config.image_size * 1.15) if config.cache_images else None,
+                           composite=composite_augment(config, train_samples))
     run = _Run(config, out_dir, model, bundle, optimizer, scheduler, device, dataset, val_samples, classes, steps,
                progress)
     return run, saved
@@ -463,6 +536,8 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample] | None,
     check_training_data(train_samples, val_samples, config)
     run, saved = _prepare(train_samples, val_samples, config, out_dir, resume, progress)
     state = run.restore(saved) if saved is not None else run.evaluate_start()
+    if saved is None and config.ssl_steps:
+        _adapt(run, state)
     title = f"{config.backbone} / {config.loss}"
     for epoch in range(state.start_epoch + 1, config.epochs + 1):
         row = run.run_epoch(epoch)
