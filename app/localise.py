@@ -19,6 +19,7 @@ from app.errors import ApiError
 from app.schemas import QueryBox
 from app.settings import Settings
 from models.localiser import Detection, Localiser, object_crop
+from models.localiser_runtime import RuntimeLocaliser
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,11 @@ def load_query_localiser(settings: Settings) -> Localiser | None:
     if not path.exists():
         log.warning("no localiser weights at %s: searching whole photos (run `lookalike train-detector`)", path)
         return None
-    return Localiser.load(path)
+    # The network runs in the embedder's engine (OpenVINO here; fp32 whatever the embedding precision), its box
+    # decoding and NMS in PyTorch (models.localiser_runtime); runtime torch keeps the eager localiser.
+    localiser = RuntimeLocaliser.load_with(path, settings.runtime_options())
+    localiser.detect(Image.new("RGB", (localiser.config.image_size,) * 2, (128, 128, 128)))  # warm-up
+    return localiser
 
 
 def oriented_size(data: bytes) -> tuple[int, int] | None:

@@ -163,7 +163,7 @@ class ServiceState:
         """One forward at start-up so the first real query does not pay for lazy initialisation."""
         if self.embedder is not None:
             size = self.embedder.image_size
-            self.embedder.embed_tensors(torch.zeros(1, 3, size, size))
+            self.embedder.embed_tensors(torch.zeros(1, 3, size, size, dtype=torch.uint8))  # pixels, as queries
 
     def maybe_reload(self) -> None:
         """Follow the pointer if it moved. Whatever goes wrong with the new generation is logged, counted in

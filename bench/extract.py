@@ -1,10 +1,11 @@
 """Extraction throughput: the whole pipeline (read + decode + preprocess in DataLoader workers + forward) against
-the runtime's forward alone on pre-decoded tensors at the same batch size (the floor the pipeline can reach),
-for PyTorch and the default (optimised) runtime side by side.
+the runtime's forward alone on pre-decoded uint8 pixel batches at the same batch size (the ceiling the pipeline
+can reach), for PyTorch and the default (optimised) runtime side by side, at one or more worker counts and
+runtime thread counts (the split of the cores between decoding and the forward).
 
 Images: the demo catalog's (data/demo/images) when built, else generated JPEG "photos" (640x480).
 
-    .venv/bin/python bench/extract.py --images 512 --batch-size 32 --workers 0,1,2 --runtimes torch,auto
+    .venv/bin/python bench/extract.py --images 512 --batch-size 32 --workers 0,1,2 --runtimes torch,auto [--threads 1,2]
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runtimes", default="torch,auto", help="runtimes side by side (auto: the default one)")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--threads", default="default", help="comma-separated runtime threads per forward "
+                        "(default: the runtime's own choice, all cores)")
     parser.add_argument("--cache-dir", default="data/runtime-cache", help="where exported models are cached")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -74,13 +77,15 @@ def main() -> None:
     print(f"# extraction benchmark on {platform.node()} ({os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads); shared, loaded machine")
     print(f"# {source}; model {model.config.backbone} at {args.image_size}px, batch {args.batch_size}")
-    print("| runtime | pipeline | images/s | of its forward-only |")
-    print("|---|---|---|---|")
-    for runtime in args.runtimes.split(","):
-        embedder = Embedder(model, device=args.device, options=RuntimeOptions(runtime=runtime, precision=args.precision,
-                                                                               cache_dir=Path(args.cache_dir)))
-        label = f"{embedder.runtime_name} {embedder.precision}"
-        batch = torch.stack([embedder.preprocess(load_image(p, draft_size=args.image_size))
+    print("| runtime | threads | pipeline | images/s | of its forward-only |")
+    print("|---|---|---|---|---|")
+    for runtime, threads in ((r, t) for r in args.runtimes.split(",") for t in args.threads.split(",")):
+        options = RuntimeOptions(runtime=runtime, precision=args.precision, cache_dir=Path(args.cache_dir),
+                                 threads=None if threads == "default" else int(threads))
+        torch.set_num_threads(options.threads or os.cpu_count() or 1)  # PyTorch's forward threads (per process)
+        embedder = Embedder(model, device=args.device, options=options)
+        label = f"{embedder.runtime_name} {embedder.precision} | {getattr(embedder.runtime, 'threads', None) or threads}"
+        batch = torch.stack([embedder.pixels(load_image(p, draft_size=args.image_size, short_side=args.image_size))
                              for p in paths[: args.batch_size]])
         embedder.embed_tensors(batch)  # warm-up
         rounds = max(1, len(paths) // args.batch_size)
@@ -88,12 +93,12 @@ def main() -> None:
         for _ in range(rounds):
             embedder.embed_tensors(batch)
         floor = rounds * len(batch) / (time.perf_counter() - start)
-        print(f"| {label} | forward only (pre-decoded tensors) | {floor:.1f} | 100% |", flush=True)
+        print(f"| {label} | forward only (pre-decoded uint8 pixels) | {floor:.1f} | 100% |", flush=True)
         for workers in (int(w) for w in args.workers.split(",")):
             start = time.perf_counter()
             extract_embeddings(paths, embedder, batch_size=args.batch_size, workers=workers, progress=False)
             rate = len(paths) / (time.perf_counter() - start)
-            print(f"| {label} | decode+preprocess+forward, {workers} DataLoader workers | {rate:.1f} | "
+            print(f"| {label} | decode+resize in {workers} DataLoader workers, forward | {rate:.1f} | "
                   f"{100 * rate / floor:.0f}% |", flush=True)
     if tmp is not None:
         tmp.cleanup()

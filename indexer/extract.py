@@ -1,7 +1,9 @@
 """Batch embedding extraction: content-hash dedupe, parallel decode in DataLoader workers, batched forward.
 
 Decoding runs in DataLoader worker processes while the main process runs the network, so on a CPU the
-throughput approaches the model's forward speed (PIL draft mode makes big JPEGs cheap to decode). On a CUDA
+throughput approaches the model's forward speed (PIL draft mode makes big JPEGs cheap to decode). Workers hand
+over uint8 pixels (resized and cropped, not normalised): a quarter of the float tensor's bytes through the
+worker pipes, and no per-image float arithmetic; the runtime normalises (inside the exported graph). On a CUDA
 device the workers only read bytes and the JPEGs are decoded on the GPU (``torchvision.io.decode_jpeg``,
 nvJPEG) in batches; the model runs in bf16 with channels_last (see ``models.Embedder``). That path is chosen
 by :func:`choose_decoder` and only taken when a CUDA device is present; anything it cannot decode (PNG,
@@ -34,7 +36,7 @@ from models.preprocess import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
 log = logging.getLogger(__name__)
 
 EmbedFn = Callable[[torch.Tensor], np.ndarray]
-"""A preprocessed batch (N,3,S,S) -> (N,D) float32; ``Embedder.embed_tensors`` unless a caller injects one."""
+"""A uint8 pixel batch (N,3,S,S) -> (N,D) float32; ``Embedder.embed_tensors`` unless a caller injects one."""
 
 DECODERS = ("auto", "pil", "tensor")
 
@@ -119,7 +121,7 @@ def choose_decoder(device: torch.device, requested: str = "auto") -> str:
 @dataclass
 class _Item:
     index: int
-    pixels: torch.Tensor | None    # preprocessed (3,S,S) when decoded in the worker
+    pixels: torch.Tensor | None    # uint8 (3,S,S), resized and cropped, when decoded in the worker
     jpeg: torch.Tensor | None      # raw JPEG bytes (uint8) left for batched decoding on the device
     error: str
 
@@ -139,7 +141,7 @@ class _ImageDataset(Dataset):
     def __init__(self, paths: Sequence[Path], embedder: Embedder, decoder: str = "pil",
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.paths = list(paths)
-        self.transform = embedder.transform
+        self.transform = embedder.pixel_transform
         self.size = embedder.image_size
         self.decoder = decoder
         self.max_pixels = max_pixels
@@ -180,7 +182,7 @@ def _collate(items: list[_Item]) -> list[_Item]:
 
 def decode_jpegs(jpegs: Sequence[torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor],
                  device: torch.device) -> list[torch.Tensor]:
-    """Decode raw JPEGs in one call on ``device`` (nvJPEG on CUDA) and preprocess them there -> (3,S,S) each.
+    """Decode raw JPEGs in one call on ``device`` (nvJPEG on CUDA) and apply ``transform`` there -> (3,S,S) each.
 
     EXIF orientation is applied and greyscale becomes RGB, as in ``models.preprocess.load_image``.
     """
@@ -220,7 +222,7 @@ def _embedded_batches(paths: Sequence[Path], batches: Sequence[Sequence[int]], e
             for it in items:
                 if it.error:
                     raise ImageReadError(it.index, f"image {paths[it.index]}: {it.error}")
-            batch = _assemble_batch(items, embedder.transform, decode_device)
+            batch = _assemble_batch(items, embedder.pixel_transform, decode_device)
             yield np.array([it.index for it in items], dtype=np.int64), embed(batch)
             bar.update(len(items))
 

@@ -40,7 +40,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> Agreement:
 
 def embed_paths(embedder: object, paths: Sequence[Path | str], batch_size: int = 16) -> np.ndarray:
     """Embed image files through ``embedder``'s own decode and preprocessing (an ``models.Embedder``)."""
-    tensors = [embedder.preprocess(embedder.load(str(p))) for p in paths]  # type: ignore[attr-defined]
+    tensors = [embedder.pixels(embedder.load(str(p))) for p in paths]  # type: ignore[attr-defined]
     parts = [embedder.embed_tensors(torch.stack(tensors[i:i + batch_size]))  # type: ignore[attr-defined]
              for i in range(0, len(tensors), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)  # type: ignore[attr-defined]

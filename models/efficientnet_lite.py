@@ -7,7 +7,6 @@ squeeze-and-excitation, use ReLU6 and keep the stem (32) and head (1280) widths 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -35,8 +34,10 @@ class SamePadConv2d(nn.Conv2d):
         ih, iw = x.shape[-2:]
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride
-        pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
-        pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        # (ceil(i/s) - 1) * s + k - i, written as k - s + (-i) mod s: the same integers, but in operations the
+        # ONNX tracer records on the input's shape, so an export with dynamic height/width pads correctly.
+        pad_h = max(kh - sh + (-ih) % sh, 0)
+        pad_w = max(kw - sw + (-iw) % sw, 0)
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)

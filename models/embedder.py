@@ -10,7 +10,7 @@ from PIL import Image
 
 from models.checkpoint import model_fingerprint
 from models.embedding import EmbeddingNet
-from models.preprocess import build_transform, load_image
+from models.preprocess import build_normalise, build_pixel_transform, build_transform, load_image
 from models.runtime import InferenceRuntime, RuntimeOptions, create_runtime
 
 
@@ -34,6 +34,8 @@ class Embedder:
         self.dim = model.dim
         self.image_size = model.config.image_size
         self.transform = build_transform(self.image_size, model.mean, model.std)
+        self.pixel_transform = build_pixel_transform(self.image_size)
+        self.normalise = build_normalise(model.mean, model.std)
         self.model_id = model_fingerprint(model)
         self.runtime: InferenceRuntime = create_runtime(model, self.options, pick_device(device))
         self.device = self.runtime.device
@@ -79,16 +81,34 @@ class Embedder:
         return load_image(source, draft_size=self.image_size, short_side=self.image_size, **limits)  # type: ignore[arg-type]
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """The network's normalised float input (3,S,S); :meth:`pixels` is the cheaper form to pass around."""
         return self.transform(image)
 
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """Resized, centre-cropped uint8 pixels (3,S,S): what workers and request threads hand to the runtime."""
+        return self.pixel_transform(image)
+
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
-        """A preprocessed batch (N,3,S,S) -> (N,D) float32 unit vectors."""
-        return self.runtime.forward(batch)
+        """uint8 pixels (N,3,S,S) from :meth:`pixels`, or a normalised float batch from :meth:`preprocess`
+        -> (N,D) float32 unit vectors. Either form gives the same vectors (up to float rounding)."""
+        return self.runtime.forward(self._runtime_input(batch))
+
+    def _runtime_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """``batch`` in the form the runtime takes: normalised for PyTorch (exactly the :meth:`preprocess`
+        arithmetic), pixel values for the exported graphs (which normalise inside)."""
+        is_pixels = batch.dtype == torch.uint8
+        if self.runtime.input_kind == "pixels":
+            if is_pixels:
+                return batch
+            mean = torch.tensor(self.model.mean, dtype=batch.dtype).view(-1, 1, 1)
+            std = torch.tensor(self.model.std, dtype=batch.dtype).view(-1, 1, 1)
+            return (batch * std + mean) * 255.0
+        return self.normalise(batch.to(self.device, non_blocking=True)) if is_pixels else batch
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """PIL images -> (N,D) float32 unit vectors."""
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [self.embed_tensors(torch.stack([self.preprocess(im) for im in images[i:i + batch_size]]))
+        parts = [self.embed_tensors(torch.stack([self.pixels(im) for im in images[i:i + batch_size]]))
                  for i in range(0, len(images), batch_size)]
         return np.concatenate(parts)

@@ -167,7 +167,7 @@ class Localiser:
     @torch.inference_mode()
     def detect(self, image: Image.Image) -> list[Detection]:
         tensor, back = _to_tensor(image, self.config.image_size)
-        out = self.model([tensor])[0]
+        out = self.predict(tensor)
         w, h = image.size
         found = []
         for (x0, y0, x1, y1), score in zip(out["boxes"].tolist(), out["scores"].tolist()):
@@ -176,6 +176,12 @@ class Localiser:
             if x1 - x0 >= 2 and y1 - y0 >= 2:
                 found.append(Detection((x0, y0, x1 - x0, y1 - y0), float(score)))
         return found
+
+
+    def predict(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's detections (``boxes`` x0,y0,x1,y1 in the tensor's pixels, ``scores``) for one [0, 1]
+        image tensor (3,H,W); ``models.localiser_runtime`` runs the same network through another engine."""
+        return self.model([tensor])[0]
 
 
 class ActivationLocaliser:

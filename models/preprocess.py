@@ -103,12 +103,27 @@ def _to_rgb_on_white(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def build_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> T.Compose:
-    """PIL RGB image -> normalised float tensor (3, image_size, image_size)."""
+def build_pixel_transform(image_size: int) -> T.Compose:
+    """PIL RGB image -> uint8 pixels (3, image_size, image_size): resize and centre crop, not normalised.
+
+    What DataLoader workers and request threads produce: a quarter of the bytes of the float tensor, and no
+    per-image float arithmetic; the runtime normalises (inside the exported graph, or in torch on the batch).
+    """
     return T.Compose([
         T.PILToTensor(),
         T.Resize(image_size, antialias=True),
         T.CenterCrop(image_size),
+    ])
+
+
+def build_normalise(mean: tuple[float, ...], std: tuple[float, ...]) -> T.Compose:
+    """uint8 pixels (..., 3, S, S) -> the network's normalised float input (scale to [0, 1], then mean/std)."""
+    return T.Compose([
         T.ToDtype(torch.float32, scale=True),
         T.Normalize(mean, std),
     ])
+
+
+def build_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> T.Compose:
+    """PIL RGB image -> normalised float tensor (3, image_size, image_size): pixels, then normalise."""
+    return T.Compose([*build_pixel_transform(image_size).transforms, *build_normalise(mean, std).transforms])

@@ -57,14 +57,17 @@ class RuntimeOptions(BaseModel):
 
 
 class InferenceRuntime(Protocol):
-    """One engine holding one network: a preprocessed float32 batch (N,3,S,S) in, unit vectors (N,D) out.
+    """One engine holding one network: a batch (N,3,S,S) in, unit vectors (N,D) out.
 
+    ``input_kind`` says which batch ``forward`` takes: ``normalised`` (float32, mean/std applied: PyTorch) or
+    ``pixels`` (0..255 values, uint8 or float32; the exported graphs normalise inside). ``Embedder`` converts.
     ``forward`` may be called from several threads at once (the service shares one instance).
     """
 
     name: str
     precision: str
     device: torch.device
+    input_kind: str
 
     def forward(self, batch: torch.Tensor) -> np.ndarray: ...
 
@@ -158,11 +161,12 @@ def create_runtime(model: torch.nn.Module, options: RuntimeOptions, device: torc
 
 
 def _calibration(model: torch.nn.Module, images: Sequence[Path]) -> list[np.ndarray]:
-    """Preprocessed single-image batches for int8 calibration, through the one preprocessing path."""
-    from models.preprocess import build_transform, load_image
+    """Single-image pixel batches (float32, 0..255: the exported graph's input) for int8 calibration, through
+    the one preprocessing path."""
+    from models.preprocess import build_pixel_transform, load_image
 
     if not images:
         raise RuntimeUnavailable("int8 needs calibration images (e.g. the catalog's); none were given")
     size = model.config.image_size  # type: ignore[union-attr]
-    transform = build_transform(size, model.mean, model.std)  # type: ignore[arg-type]
-    return [transform(load_image(p, draft_size=size))[None].numpy() for p in images]
+    transform = build_pixel_transform(size)
+    return [transform(load_image(p, draft_size=size))[None].float().numpy() for p in images]

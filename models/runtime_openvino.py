@@ -17,45 +17,63 @@ import openvino as ov
 import torch
 
 from models.runtime import RuntimeUnavailable, unit_rows
+from models.runtime_export import INPUT_KIND
 
 log = logging.getLogger(__name__)
 
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: quantised ops in int8, the rest in f32
 
 
+def compile_for_cpu(core: ov.Core, source: Path, cache_dir: Path, precision: str = "fp32",
+                    threads: int | None = None) -> ov.CompiledModel:
+    """``source`` (ONNX or IR) compiled for the CPU for latency: one stream, so a forward uses all its threads
+    (batches included); the compiled blob is kept in ``cache_dir`` for the next process."""
+    config: dict[str, object] = {
+        "CACHE_DIR": str(cache_dir),
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
+    }
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return core.compile_model(str(source), "CPU", config)
+
+
+class ThreadRequests:
+    """One infer request per calling thread over one compiled model (requests are not thread-safe)."""
+
+    def __init__(self, compiled: ov.CompiledModel) -> None:
+        self.compiled = compiled
+        self._local = threading.local()
+
+    def infer(self, inputs: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph for one input array (shared, not copied, into the request)."""
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer({0: inputs}, share_inputs=True)
+        return [np.array(result[i]) for i in range(len(self.compiled.outputs))]
+
+
 class OpenVINORuntime:
     """The network compiled by OpenVINO for the CPU, at fp32, bf16 (native only) or int8 (NNCF, when asked)."""
 
     name = "openvino"
+    input_kind = INPUT_KIND  # pixels in 0..255; the graph normalises
 
     def __init__(self, onnx_path: Path, precision: str = "fp32", *, threads: int | None = None,
                  calibration: list[np.ndarray] | None = None) -> None:
         self.precision = precision
         self.device = torch.device("cpu")
         self.core = ov.Core()
-        config: dict[str, object] = {
-            "CACHE_DIR": str(onnx_path.parent / "openvino-cache"),
-            "PERFORMANCE_HINT": "LATENCY",  # one stream: a forward uses all its threads (batches included)
-            "NUM_STREAMS": 1,
-            "INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
-        }
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = threads
         source = quantized_model(self.core, onnx_path, calibration) if precision == "int8" else onnx_path
-        self.compiled = self.core.compile_model(str(source), "CPU", config)
+        self.compiled = compile_for_cpu(self.core, source, onnx_path.parent / "openvino-cache", precision, threads)
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
-        self._local = threading.local()
-
-    def _request(self) -> ov.InferRequest:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        return request
+        self.requests = ThreadRequests(self.compiled)
 
     def forward(self, batch: torch.Tensor) -> np.ndarray:
         pixels = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
-        out = self._request().infer({0: pixels}, share_inputs=True)[0]
-        return unit_rows(out)
+        return unit_rows(self.requests.infer(pixels)[0])
 
 
 def quantized_model(core: ov.Core, onnx_path: Path, calibration: list[np.ndarray] | None) -> Path:

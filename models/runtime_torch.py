@@ -25,6 +25,7 @@ class TorchRuntime:
     """The PyTorch module itself, on the CPU or CUDA."""
 
     name = "torch"
+    input_kind = "normalised"  # the module takes mean/std-normalised float input
 
     def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32", *,
                  threads: int | None = None, compile: bool = True) -> None:

@@ -111,7 +111,7 @@ async def embed_uploads(request: Request, state: ServiceState, settings: Setting
     assert embedder is not None  # get_generation guarantees it
     start = time.perf_counter()
     tensors = [await run_in_threadpool(
-        lambda d=data: embedder.preprocess(embedder.load(d, settings.max_pixels, settings.max_aspect_ratio)))
+        lambda d=data: embedder.pixels(embedder.load(d, settings.max_pixels, settings.max_aspect_ratio)))
         for data in images]
     timings["decode"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -153,7 +153,7 @@ async def embed_regions(request: Request, state: ServiceState, searched: list[Re
     embedder = state.embedder
     assert embedder is not None
     start = time.perf_counter()
-    tensors = await run_in_threadpool(lambda: torch.stack([embedder.preprocess(r.crop) for r in searched]))
+    tensors = await run_in_threadpool(lambda: torch.stack([embedder.pixels(r.crop) for r in searched]))
     if state.batcher is not None and len(searched) == 1:
         vectors = (await state.batcher.embed(tensors[0]))[None, :]
     else:

@@ -123,3 +123,21 @@ def test_int8_is_opt_in_and_measured(model, images, reference, tmp_path):
     assert embedder.precision == "int8"
     found = agreement(vectors, reference)
     assert 0.8 < found.mean < 0.99999  # quantised for real, and still close to fp32
+
+
+def test_pixel_batches_give_the_vectors_of_normalised_ones(model, images, reference, runtime_cache):
+    """Workers and request threads hand uint8 pixels over; PyTorch normalises them exactly as ``preprocess``
+    does (bit for bit), and the exported graphs, which normalise inside, agree with both forms."""
+    torch_embedder = Embedder(model, device="cpu", options=RuntimeOptions(runtime="torch", precision="fp32"))
+    loaded = [torch_embedder.load(str(p)) for p in images]
+    pixels = torch.stack([torch_embedder.pixels(im) for im in loaded])
+    normalised = torch.stack([torch_embedder.preprocess(im) for im in loaded])
+    assert pixels.dtype == torch.uint8 and normalised.dtype == torch.float32
+    np.testing.assert_array_equal(torch_embedder.embed_tensors(pixels), torch_embedder.embed_tensors(normalised))
+    np.testing.assert_array_equal(torch_embedder.embed_tensors(pixels), reference)
+    for runtime in ("openvino", "onnxruntime"):
+        embedder = Embedder(model, device="cpu", options=RuntimeOptions(runtime=runtime, cache_dir=runtime_cache))
+        assert embedder.runtime.input_kind == "pixels"
+        from_pixels, from_normalised = embedder.embed_tensors(pixels), embedder.embed_tensors(normalised)
+        assert agreement(from_pixels, from_normalised).min >= 0.99999
+        assert agreement(from_pixels, reference).min >= MIN_COSINE

@@ -1,0 +1,117 @@
+"""The query localiser's network through the inference runtime (OpenVINO or ONNX Runtime on the CPU).
+
+The trunk, feature pyramid and FCOS head (all the convolutions) are exported to ONNX once per localiser,
+cached under a fingerprint of its config and weights, and run by the engine the embedder uses. What is not
+a network stays in PyTorch, unchanged: FCOS's input transform (normalise, pad to a multiple of 32), the anchors,
+box decoding, score threshold, NMS and the resize back, so the detections match the eager localiser's.
+The photo's shape varies (longer side fixed, padded to a multiple of 32), so the graph's height and width
+are dynamic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.localiser import Localiser, LocaliserNet
+from models.runtime import RuntimeOptions, resolve_runtime
+from models.runtime_export import write_onnx
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "lookalike-localiser-onnx/1"  # bump when the exported graph changes
+HEAD_OUTPUTS = ("cls_logits", "bbox_regression", "bbox_ctrness")
+# Strides of the pyramid levels the head runs on (the trunk's stride-8 and stride-16 taps, and the max-pooled
+# stride 32); FCOS's transform pads the input to a multiple of 32, so each level is exactly (H/s, W/s).
+LEVEL_STRIDES = (8, 16, 32)
+
+
+class LocaliserNetwork(nn.Module):
+    """The exported part of a :class:`LocaliserNet`: a normalised, padded batch -> the head's raw outputs."""
+
+    def __init__(self, net: LocaliserNet) -> None:
+        super().__init__()
+        self.backbone = net.backbone
+        self.head = net.head
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.head(list(self.backbone(images).values()))
+        return tuple(out[k] for k in HEAD_OUTPUTS)
+
+
+def localiser_key(net: LocaliserNet) -> str:
+    """A name for ``net``'s export: its config, exact weights, the export format and torch's version."""
+    digest = hashlib.sha256(json.dumps({"config": net.config.model_dump(), "format": EXPORT_FORMAT,
+                                        "torch": torch.__version__.split("+")[0]}, sort_keys=True).encode())
+    for name, tensor in sorted(net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return f"localiser-{net.config.image_size}px-{digest.hexdigest()[:16]}"
+
+
+def export_localiser(net: LocaliserNet, cache_dir: Path) -> Path:
+    """The cached ONNX file of ``net``'s network (fp32; batch, height and width dynamic), exported if missing."""
+    path = cache_dir / localiser_key(net) / "model.onnx"
+    if path.is_file():
+        return path
+    size = net.config.image_size
+    log.info("exporting the localiser's network to ONNX at %s", path)
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, **{k: {0: "batch", 1: "points"} for k in HEAD_OUTPUTS}}
+    write_onnx(LocaliserNetwork(net.eval().to("cpu")).eval(), torch.zeros(1, 3, size, size), path,
+               ["images"], list(HEAD_OUTPUTS), axes)
+    return path
+
+
+class RuntimeLocaliser(Localiser):
+    """A :class:`Localiser` whose network runs in OpenVINO or ONNX Runtime (``options.runtime``; ``auto`` picks
+    as the embedder does; ``torch`` keeps the eager network). Same ``detect`` answers, up to float rounding."""
+
+    def __init__(self, model: LocaliserNet, options: RuntimeOptions) -> None:
+        super().__init__(model)
+        self.runtime_name = resolve_runtime(options.runtime, torch.device("cpu"))
+        self._run = None
+        if self.runtime_name == "torch":
+            return
+        onnx_path = export_localiser(model, options.resolved_cache_dir())
+        if self.runtime_name == "openvino":
+            import openvino as ov
+
+            from models.runtime_openvino import ThreadRequests, compile_for_cpu
+
+            compiled = compile_for_cpu(ov.Core(), onnx_path, onnx_path.parent / "openvino-cache", "fp32",
+                                       options.threads)
+            self._run = ThreadRequests(compiled).infer
+        else:
+            from models.runtime_onnx import cpu_session
+
+            session = cpu_session(onnx_path, options.threads)
+            self._run = lambda images: session.run(None, {"images": images})
+
+    @classmethod
+    def load_with(cls, path: str | Path, options: RuntimeOptions) -> RuntimeLocaliser:
+        from models.localiser import load_localiser
+
+        return cls(load_localiser(path), options)
+
+    def predict(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._run is None:
+            return super().predict(tensor)
+        net: LocaliserNet = self.model  # type: ignore[assignment]
+        images, _ = net.transform([tensor])
+        height, width = images.tensors.shape[-2:]
+        outputs = self._run(np.ascontiguousarray(images.tensors.numpy(), dtype=np.float32))
+        sizes = [(height // s, width // s) for s in LEVEL_STRIDES]
+        per_level = [h * w for h, w in sizes]
+        if sum(per_level) != outputs[0].shape[1]:
+            raise RuntimeError(f"localiser graph gave {outputs[0].shape[1]} points for levels {sizes}")
+        head = {k: list(torch.from_numpy(np.asarray(v)).split(per_level, dim=1)) for k, v in zip(HEAD_OUTPUTS, outputs)}
+        shapes = [torch.empty(1, 0, h, w) for h, w in sizes]  # only their shapes feed the anchor generator
+        anchors = [list(a.split(per_level)) for a in net.anchor_generator(images, shapes)]
+        detections = net.postprocess_detections(head, anchors, images.image_sizes)
+        return net.transform.postprocess(detections, images.image_sizes, [tuple(tensor.shape[-2:])])[0]
