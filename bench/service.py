@@ -1,12 +1,15 @@
 """Service latency and throughput over loopback: concurrent photo searches, and keyword-then-image at scale.
 
 For each runtime given (``--runtimes``; PyTorch and OpenVINO side by side by default):
-1. The model's floor: one forward of one preprocessed image (``Embedder.embed_tensors``), in this process.
+1. The model's floor: one forward of one preprocessed image (``Embedder.embed_tensors``), in this process, and
+   the query localiser's cost beside it: one ``detect`` on a photo decoded as the service decodes it for
+   localisation (the network in the same runtime, FCOS decoding and NMS in PyTorch), as a share of one forward.
 2. Micro-batching, in process: 16 concurrent callers embedding through ``app.batching.MicroBatcher`` against
    one unbatched forward per caller.
 3. ``POST /search`` from 1, 4 and 16 concurrent clients (httpx) against ``lookalike``'s app under uvicorn in a
-   subprocess on 127.0.0.1 (``LOOKALIKE_RUNTIME`` set to that runtime): p50/p95/p99 latency, QPS, and p50 over
-   the runtime's forward plus the server's search time.
+   subprocess on 127.0.0.1 (``LOOKALIKE_RUNTIME`` set to that runtime): p50/p95/p99 latency, QPS, p50 over
+   the runtime's forward plus the server's search time, and the server's own stage timings (decode, localise,
+   embed, search); one more row per runtime searches whole photos (``localise=false``) from one client.
 4. Keyword-then-image with 100, 10k and 100k candidates (``q`` keyword hits and explicit ``candidate_ids``) on a
    synthetic generation of 110k catalog rows made of a few dozen distinct drawn images (byte-identical files are
    embedded once, so it indexes in a minute).
@@ -43,10 +46,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from app.batching import MicroBatcher
+from app.localise import PACKAGED_WEIGHTS
 from app.serving import embedder_for
+from app.settings import Settings
 from indexer import build_generation, current_generation, read_manifest
 from indexer.generations import generations_dir
-from models import Embedder, RuntimeOptions
+from models import Embedder, RuntimeOptions, load_image
+from models.localiser_runtime import RuntimeLocaliser
 
 COLOURS = [(200, 30, 30), (30, 160, 40), (30, 60, 200), (220, 180, 20), (150, 40, 170), (20, 170, 170), (90, 90, 90)]
 
@@ -122,7 +128,7 @@ def forward_floor(embedder: Embedder, image: Image.Image, repeats: int = 20) -> 
 
     On a shared machine the median moves with other jobs' load; the minimum is the steadier floor.
     """
-    tensor = embedder.preprocess(image)[None]
+    tensor = embedder.pixels(image)[None]
     for _ in range(3):
         embedder.embed_tensors(tensor)
     times = []
@@ -246,6 +252,40 @@ async def load(url: str, photos: list[bytes], clients: int, requests: int, form:
     return latencies, wall, bodies
 
 
+def http_row(label: str, clients: int, latencies: list[float], wall: float, bodies: list[dict],
+             floor_median: float) -> list[object]:
+    """One row of the HTTP table: client-side percentiles, QPS, ratio to forward + search, server stage medians."""
+    p50, p95, p99 = percentiles(latencies)
+    search_ms = server_ms(bodies, "search")
+    total = statistics.median([sum(b["timings_ms"].values()) for b in bodies])
+    return [label, clients, len(latencies), p50 * 1000, p95 * 1000, p99 * 1000, len(latencies) / wall,
+            p50 * 1000 / (floor_median * 1000 + search_ms), server_ms(bodies, "decode"), server_ms(bodies, "localise"),
+            server_ms(bodies, "embed"), search_ms, total]
+
+
+def localise_cost(localiser: RuntimeLocaliser, photos: list[bytes], draft: int, forward_s: float,
+                  repeats: int = 20) -> list[object]:
+    """[localise ms, share of one forward, network-only ms]: ``detect`` on each photo decoded as the service does."""
+    images = [load_image(p, draft_size=draft, short_side=draft) for p in photos[:4]]
+    per_photo, net_only = [], []
+    for image in images:
+        localiser.detect(image)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            localiser.detect(image)
+            times.append(time.perf_counter() - start)
+        per_photo.append(statistics.median(times))
+        tensor = localiser.input_tensor(image)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(repeats):
+                localiser.network_outputs(tensor)
+        net_only.append((time.perf_counter() - start) / repeats)
+    median = statistics.median(per_photo)
+    return [median * 1000, f"{median / forward_s:.2f}x", statistics.median(net_only) * 1000]
+
+
 def server_ms(bodies: list[dict], stage: str) -> float:
     values = [b["timings_ms"].get(stage, 0.0) for b in bodies]
     return statistics.median(values) if values else 0.0
@@ -301,7 +341,7 @@ def main() -> None:
               f"model {manifest.model_id} ({manifest.embedding_config.get('image_size')} px)")
 
         photos = query_photos(data_dir, args.demo_dir)
-        http_rows, batch_rows, floors = [], [], {}
+        http_rows, batch_rows, localise_rows, floors = [], [], [], {}
         for spec in args.runtimes.split(","):
             runtime, _, threads = spec.partition(":")
             env = {"LOOKALIKE_RUNTIME": runtime, "LOOKALIKE_RUNTIME_THREADS": threads or None}
@@ -312,26 +352,33 @@ def main() -> None:
             torch.set_num_threads(int(os.environ.get("LOOKALIKE_TORCH_THREADS", "1")))  # as the server sets it
             floor, floor_median = forward_floor(embedder, embedder.load(photos[0]))
             floors[label] = (floor, floor_median)
-            tensors = [embedder.preprocess(embedder.load(photos[i % len(photos)])) for i in range(64)]
+            tensors = [embedder.pixels(embedder.load(photos[i % len(photos)])) for i in range(64)]
+            if PACKAGED_WEIGHTS.exists():
+                localise_rows.append([label, floor_median * 1000,
+                                      *localise_cost(RuntimeLocaliser.load_with(PACKAGED_WEIGHTS, options), photos,
+                                                     embedder.image_size * Settings().localise_draft_factor,
+                                                     floor_median)])
             batch_rows += [[label, *row] for row in asyncio.run(_batching(embedder, tensors, callers=16))]
             del embedder
             with serve(data_dir, env) as url:
                 for c in clients:
                     latencies, wall, bodies = asyncio.run(load(url, photos, c, args.requests))
-                    p50, p95, p99 = percentiles(latencies)
-                    search_ms = server_ms(bodies, "search")
-                    http_rows.append([label, c, len(latencies), p50 * 1000, p95 * 1000, p99 * 1000,
-                                      len(latencies) / wall, p50 * 1000 / (floor_median * 1000 + search_ms),
-                                      server_ms(bodies, "decode"), server_ms(bodies, "embed"), search_ms])
+                    http_rows.append(http_row(label, c, latencies, wall, bodies, floor_median))
+                latencies, wall, bodies = asyncio.run(load(url, photos, 1, args.requests, {"localise": "false"}))
+                http_rows.append(http_row(f"{label}, localise=false", 1, latencies, wall, bodies, floor_median))
         print("\nforward floor: one preprocessed image, batch 1, the server's threads (20 runs)")
         print(table(["runtime", "min ms", "median ms"],
                     [[k, v[0] * 1000, v[1] * 1000] for k, v in floors.items()]))
+        print("\nlocalisation cost: one detect on a query photo decoded at the service's localisation size "
+              "(median of 20 per photo, median over photos) against one embedding forward (median)")
+        print(table(["runtime", "forward ms", "localise ms", "of a forward", "localise, net only ms"],
+                    localise_rows))
         print("\nmicro-batching in process: 64 images from 16 concurrent callers")
         print(table(["runtime", "strategy", "callers", "forwards", "mean batch", "images/s"], batch_rows))
         print(f"\nPOST /search (k=10, photos {len(photos)} distinct) over 127.0.0.1, {manifest.count} images; "
               "ratio = p50 / (median forward + server search)")
         print(table(["runtime", "clients", "requests", "p50 ms", "p95 ms", "p99 ms", "QPS", "ratio",
-                     "srv decode ms", "srv embed ms", "srv search ms"], http_rows))
+                     "srv decode ms", "srv localise ms", "srv embed ms", "srv search ms", "srv total ms"], http_rows))
 
         if args.skip_keyword:
             return

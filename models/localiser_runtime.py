@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+from torchvision.models.detection.image_list import ImageList
 
-from models.localiser import Localiser, LocaliserNet
+from models.localiser import Localiser, LocaliserNet, _to_tensor
 from models.runtime import RuntimeOptions, resolve_runtime
 from models.runtime_export import write_onnx
 
@@ -76,6 +78,7 @@ class RuntimeLocaliser(Localiser):
         super().__init__(model)
         self.runtime_name = resolve_runtime(options.runtime, torch.device("cpu"))
         self._run = None
+        self._eager = LocaliserNetwork(model).eval()
         if self.runtime_name == "torch":
             return
         onnx_path = export_localiser(model, options.resolved_cache_dir())
@@ -99,18 +102,31 @@ class RuntimeLocaliser(Localiser):
 
         return cls(load_localiser(path), options)
 
+    def input_tensor(self, image: Image.Image) -> torch.Tensor:
+        """The photo as the network's [0, 1] input (longer side at the configured size), as ``detect`` makes it."""
+        return _to_tensor(image, self.config.image_size)[0]
+
+    def network_outputs(self, tensor: torch.Tensor) -> tuple[ImageList, dict[str, torch.Tensor]]:
+        """FCOS's input transform (in torch) and the network (in the engine): the padded batch and the head's
+        raw outputs, concatenated over the pyramid levels."""
+        net: LocaliserNet = self.model  # type: ignore[assignment]
+        images, _ = net.transform([tensor])
+        if self._run is None:
+            return images, dict(zip(HEAD_OUTPUTS, self._eager(images.tensors), strict=True))
+        outputs = self._run(np.ascontiguousarray(images.tensors.numpy(), dtype=np.float32))
+        return images, {k: torch.from_numpy(np.asarray(v)) for k, v in zip(HEAD_OUTPUTS, outputs, strict=True)}
+
     def predict(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._run is None:
             return super().predict(tensor)
         net: LocaliserNet = self.model  # type: ignore[assignment]
-        images, _ = net.transform([tensor])
+        images, outputs = self.network_outputs(tensor)
         height, width = images.tensors.shape[-2:]
-        outputs = self._run(np.ascontiguousarray(images.tensors.numpy(), dtype=np.float32))
         sizes = [(height // s, width // s) for s in LEVEL_STRIDES]
         per_level = [h * w for h, w in sizes]
-        if sum(per_level) != outputs[0].shape[1]:
-            raise RuntimeError(f"localiser graph gave {outputs[0].shape[1]} points for levels {sizes}")
-        head = {k: list(torch.from_numpy(np.asarray(v)).split(per_level, dim=1)) for k, v in zip(HEAD_OUTPUTS, outputs)}
+        if sum(per_level) != outputs["cls_logits"].shape[1]:
+            raise RuntimeError(f"localiser graph gave {outputs['cls_logits'].shape[1]} points for levels {sizes}")
+        head = {k: list(v.split(per_level, dim=1)) for k, v in outputs.items()}
         shapes = [torch.empty(1, 0, h, w) for h, w in sizes]  # only their shapes feed the anchor generator
         anchors = [list(a.split(per_level)) for a in net.anchor_generator(images, shapes)]
         detections = net.postprocess_detections(head, anchors, images.image_sizes)
