@@ -89,6 +89,9 @@ def train_command(
     ssl_steps: Annotated[int, typer.Option("--ssl-steps", help="NT-Xent steps on unlabelled views (catalog "
                                            "images and composites) before fine-tuning")] = 0,
     ssl_batch: Annotated[int, typer.Option("--ssl-batch", help="images per NT-Xent batch")] = 32,
+    feature_cache: Annotated[int, typer.Option("--feature-cache", help="with --trainable-tail: cache the frozen "
+                                               "part's maps for N augmented copies of each image and train the "
+                                               "tail on them (fast on a CPU); 0: augment on the fly")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 is fastest on a busy machine)")] = None,
     workers: Annotated[int, typer.Option(help="data loading processes")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
@@ -116,7 +119,7 @@ def train_command(
                              trainable_tail=trainable_tail, composite_prob=composite,
                              cutouts_dir=str(cutouts_dir) if cutouts_dir else None,
                              catalog_root=str(catalog.parent) if catalog is not None else str(folder or ""),
-                             ssl_steps=ssl_steps, ssl_batch=ssl_batch)
+                             ssl_steps=ssl_steps, ssl_batch=ssl_batch, feature_cache_copies=feature_cache)
         from training.losses import check_loss_name
 
         check_loss_name(config.loss)

@@ -90,6 +90,19 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         return F.relu6(self._bn1(self._conv_head(x)))
 
+    def forward_until(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        """The stem and blocks ``[0, stop)``: the frozen part when only the last blocks train."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks[:stop]:
+            x = block(x)
+        return x
+
+    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Blocks ``[start, end)`` and the head conv: ``forward_from(forward_until(x, k), k) == forward_features(x)``."""
+        for block in self._blocks[start:]:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self.forward_features(x).mean(dim=(2, 3)))
 

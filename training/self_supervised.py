@@ -45,11 +45,13 @@ class AdaptResult:
     seconds: float
 
 
-def adapt_self_supervised(model: EmbeddingNet, dataset: ImageDataset, steps: int, batch_size: int, lr: float,
-                          temperature: float, seed: int, set_trainable: Callable[[EmbeddingNet], None],
-                          progress: bool = False, time_budget_s: float | None = None) -> AdaptResult:
-    """``steps`` AdamW steps of NT-Xent on ``batch_size`` images (2 x ``batch_size`` views) drawn from
-    ``dataset`` (labels ignored); the parameters that ``set_trainable`` leaves trainable move, at a cosine lr."""
+def adapt_self_supervised(model: EmbeddingNet, pairs: torch.utils.data.Dataset, steps: int, batch_size: int,
+                          lr: float, temperature: float, seed: int, set_trainable: Callable[[EmbeddingNet], None],
+                          progress: bool = False, time_budget_s: float | None = None,
+                          forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> AdaptResult:
+    """``steps`` AdamW steps of NT-Xent on ``batch_size`` pairs of views (``TwoViews`` of an image dataset, or
+    cached copies) drawn from ``pairs``; ``forward`` (default: the model) embeds a batch of views. The parameters
+    that ``set_trainable`` leaves trainable move, at a cosine lr."""
     set_trainable(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -57,9 +59,10 @@ def adapt_self_supervised(model: EmbeddingNet, dataset: ImageDataset, steps: int
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
     loss_fn = NTXentLoss(temperature=temperature)
     generator = torch.Generator().manual_seed(seed)
-    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=steps * batch_size,
+    forward = forward or model
+    sampler = torch.utils.data.RandomSampler(pairs, replacement=True, num_samples=steps * batch_size,
                                              generator=generator)
-    loader = torch.utils.data.DataLoader(TwoViews(dataset), batch_size=batch_size, sampler=sampler, drop_last=True)
+    loader = torch.utils.data.DataLoader(pairs, batch_size=batch_size, sampler=sampler, drop_last=True)
     device = next(model.parameters()).device
     started = time.perf_counter()
     losses: list[float] = []
@@ -67,7 +70,7 @@ def adapt_self_supervised(model: EmbeddingNet, dataset: ImageDataset, steps: int
     for view_a, view_b in tqdm(loader, desc="nt-xent", disable=not progress, leave=False):
         views = torch.cat([view_a, view_b]).to(device)
         identity = torch.arange(view_a.shape[0], device=device)
-        loss = loss_fn(model(views).float(), torch.cat([identity, identity]))
+        loss = loss_fn(forward(views).float(), torch.cat([identity, identity]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)

@@ -21,7 +21,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +45,8 @@ from models.preprocess import build_transform
 from models.atomic import write_text_atomic
 from training.composite import TRAIN_WALLPAPERS, load_backgrounds, wallpaper_paths
 from training.composite_augment import CompositeAugment, cutout_paths
-from training.self_supervised import adapt_self_supervised
+from training.self_supervised import TwoViews, adapt_self_supervised
+from training.tail_cache import FeatureCache, PairsOfCopies, build_feature_cache, split_trunk
 from training.self_supervised import summary as ssl_summary
 
 METRICS_FILE = "metrics.jsonl"
@@ -102,6 +103,9 @@ class TrainConfig(BaseModel):
     ssl_steps: int = Field(default=0, ge=0, description="NT-Xent steps on unlabelled views before fine-tuning")
     ssl_batch: int = Field(default=32, ge=2, description="images per NT-Xent batch (two views each)")
     ssl_temperature: float = Field(default=0.1, gt=0)
+    feature_cache_copies: int = Field(default=0, ge=0, description="with trainable_tail: augment each image this "
+                                      "many times up front, run the frozen part once per copy and train the tail "
+                                      "on the cached maps (training.tail_cache); 0: augment on the fly")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -112,6 +116,10 @@ class TrainConfig(BaseModel):
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if self.composite_prob > 0 and not (self.cutouts_dir and self.catalog_root):
             raise ValueError("composite augmentation needs cutouts_dir and catalog_root")
+        if self.feature_cache_copies and self.trainable_tail is None:
+            raise ValueError("feature_cache_copies needs trainable_tail (the frozen part is what is cached)")
+        if self.feature_cache_copies == 1 and self.ssl_steps:
+            raise ValueError("NT-Xent on cached features needs feature_cache_copies >= 2 (two views per image)")
         return self
 
     @property
@@ -364,6 +372,8 @@ class _Run:
     classes: list[str]
     steps: int
     progress: bool
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # batch -> embeddings (default: the model)
+    cache: FeatureCache | None = None  # cached frozen-part maps, trained on instead of ``dataset``
 
     @property
     def cuda(self) -> bool:
@@ -384,8 +394,9 @@ class _Run:
         _set_trainable(self.model, frozen, config.freeze_bn, config.trainable_tail)
         epoch_seed = config.seed * 100_003 + epoch
         torch.manual_seed(epoch_seed)
-        loader = make_train_loader(self.dataset, config.p, config.k, self.steps, epoch_seed, config.num_workers,
-                                   self.cuda)
+        data = self.cache if self.cache is not None else self.dataset
+        loader = make_train_loader(data, config.p, config.k, self.steps, epoch_seed,
+                                   0 if self.cache is not None else config.num_workers, self.cuda)
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}{' (frozen)' if frozen else ''}",
                    disable=not self.progress, leave=False)
@@ -406,7 +417,7 @@ class _Run:
         if self.cuda:
             images = images.to(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext():
-            embeddings = self.model(images)
+            embeddings = (self.forward or self.model)(images)
         loss = self.bundle(embeddings.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -476,10 +487,12 @@ def _adapt(run: _Run, state: _Progress) -> None:
     """The NT-Xent stage (``ssl_steps``) of a fresh run, on the training images and their composites, without
     labels; its loss and the validation after it are recorded as epoch 0's ``ssl_*`` and ``ssl_val_*``."""
     config = run.config
+    pairs = PairsOfCopies(run.cache) if run.cache is not None else TwoViews(run.dataset)
     result = adapt_self_supervised(
-        run.model, run.dataset, config.ssl_steps, config.ssl_batch, config.lr * config.head_lr_factor,
+        run.model, pairs, config.ssl_steps, config.ssl_batch, config.lr * config.head_lr_factor,
         config.ssl_temperature, config.seed,
-        lambda model: _set_trainable(model, False, config.freeze_bn, config.trainable_tail), run.progress)
+        lambda model: _set_trainable(model, False, config.freeze_bn, config.trainable_tail), run.progress,
+        forward=run.forward)
     row = ssl_summary(result) | {f"ssl_{key}": value for key, value in run.validate().items()}
     if state.history and state.history[0].get("epoch") == 0:
         state.history[0].update(row)
@@ -520,6 +533,12 @@ def _prepare(train_samples: Sequence[Sample], val_samples: list[Sample], config:
                            composite=composite_augment(config, train_samples))
     run = _Run(config, out_dir, model, bundle, optimizer, scheduler, device, dataset, val_samples, classes, steps,
                progress)
+    if config.feature_cache_copies:
+        assert config.trainable_tail is not None
+        prefix, run.forward = split_trunk(model, config.trainable_tail)
+        _set_trainable(model, False, config.freeze_bn, config.trainable_tail)
+        run.cache = build_feature_cache(prefix, dataset, config.feature_cache_copies, config.seed,
+                                        progress=progress)
     return run, saved
 
 

@@ -17,6 +17,7 @@ from models.embedding import EmbeddingNet
 from training.composite_augment import CompositeAugment, cutout_paths
 from training.composite import load_backgrounds
 from training.datasets import Sample
+from training.tail_cache import split_trunk
 from training.train import TrainConfig, train, trunk_units
 from tests.conftest import busy_background, draw_product, product_cutout
 
@@ -71,12 +72,22 @@ def test_composite_crop_puts_the_cutout_on_a_photo(world):
     assert CompositeAugment(cutouts, augment.backgrounds, prob=0.0)(first, np.random.default_rng(0)) is None
 
 
+def test_the_tail_from_a_cached_map_is_the_whole_forward():
+    model = EmbeddingNet(TrainConfig(image_size=64, embedding_dim=None).to_model_config()).eval()
+    prefix, tail = split_trunk(model, 6)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(tail(prefix(images)), model(images), atol=1e-5)
+    with pytest.raises(ValueError, match="trainable_tail"):
+        split_trunk(model, 40)
+
+
 def test_training_with_composites_and_ntxent_moves_only_the_tail(world, tmp_path):
     root, train_samples, val_samples, backgrounds = world
     config = TrainConfig(image_size=64, embedding_dim=None, epochs=1, frozen_epochs=0, p=3, k=4, steps_per_epoch=2,
                          lr=1e-3, num_workers=0, device="cpu", eval_batch_size=16, trainable_tail=3,
                          composite_prob=1.0, catalog_root=str(root / "catalog"), cutouts_dir=str(root / "cutouts"),
-                         backgrounds=backgrounds, ssl_steps=2, ssl_batch=4)
+                         backgrounds=backgrounds, ssl_steps=2, ssl_batch=4, feature_cache_copies=2)
     result = train(train_samples, val_samples, config, tmp_path, progress=False)
     start = result.history[0]
     assert start["epoch"] == 0 and start["ssl_steps"] == 2 and np.isfinite(start["ssl_loss"])
