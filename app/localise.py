@@ -18,7 +18,7 @@ from PIL import Image
 from app.errors import ApiError
 from app.schemas import QueryBox
 from app.settings import Settings
-from models.localiser import Detection, Localiser, object_crop
+from models.localiser import Detection, Localiser, looks_like_catalog_photo, object_crop
 from models.localiser_runtime import RuntimeLocaliser
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,12 @@ def parse_box(text: str, width: int, height: int) -> tuple[float, float, float, 
     return x0, y0, x1 - x0, y1 - y0
 
 
+def is_catalog_photo(image: Image.Image, settings: Settings) -> bool:
+    """Whether to search this photo whole although objects were found: it looks like a catalog photo (a plain
+    backdrop all round), where a crop loses more than it gains (``Settings.whole_catalog_photos``)."""
+    return settings.whole_catalog_photos and looks_like_catalog_photo(image)
+
+
 @dataclass(frozen=True)
 class Region:
     """A region to search: its box in the original photo's pixels and its crop of the decoded photo."""
@@ -77,9 +83,10 @@ class Region:
 
 
 def regions(image: Image.Image, original: tuple[int, int] | None, detections: list[Detection], box: str | None,
-            margin: float) -> tuple[Region, list[Region]]:
+            margin: float, whole_first: bool = False) -> tuple[Region, list[Region]]:
     """The region to search first and the other detected objects. ``image`` may be decoded at a reduced scale
-    (JPEG draft); boxes are reported in ``original`` pixels."""
+    (JPEG draft); boxes are reported in ``original`` pixels. ``whole_first``: search the whole photo (source
+    ``catalog_photo``) and list every detection as another object, unless the caller gave a box."""
     width, height = image.size
     ow, oh = original or (width, height)
     sx, sy = ow / width, oh / height
@@ -89,13 +96,15 @@ def regions(image: Image.Image, original: tuple[int, int] | None, detections: li
         reported = QueryBox(x=round(x * sx, 1), y=round(y * sy, 1), w=round(w * sx, 1), h=round(h * sy, 1),
                             localised=source == "detected", source=source,
                             score=None if score is None else round(score, 4))
-        crop = image if source == "whole" else object_crop(image, det_box, margin)
+        crop = image if source in ("whole", "catalog_photo") else object_crop(image, det_box, margin)
         return Region(reported, crop)
 
     found = [region(d.box, "detected", d.score) for d in detections]
     if box is not None:
         x, y, w, h = parse_box(box, ow, oh)
         return region((x / sx, y / sy, w / sx, h / sy), "caller", None), found
+    if whole_first:
+        return region((0.0, 0.0, float(width), float(height)), "catalog_photo", None), found
     if found:
         return found[0], found[1:]
     return region((0.0, 0.0, float(width), float(height)), "whole", None), []

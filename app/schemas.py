@@ -80,7 +80,8 @@ class QueryBox(BaseModel):
     h: float
     localised: bool = Field(description="true when the localiser found this object; false for a caller's box or "
                                         "the whole photo")
-    source: str = Field(description="detected, caller, or whole (nothing found, or localisation off)")
+    source: str = Field(description="detected, caller, whole (nothing found, or localisation off) or catalog_photo "
+                                    "(a plain-backdrop photo searched whole; its objects are still listed)")
     score: float | None = Field(None, description="the localiser's confidence, for detected objects")
 
 

@@ -38,7 +38,9 @@ from demo.cutouts import render_cutouts  # noqa: E402
 from indexer import read_catalog  # noqa: E402
 from indexer.extract import extract_embeddings  # noqa: E402
 from models import Embedder, ModelConfig, build_model  # noqa: E402
-from models.localiser import ActivationLocaliser, Detector, Localiser, object_crop  # noqa: E402
+from models.category_probe import fit_category_probe  # noqa: E402
+from models.localiser import (ActivationLocaliser, Detector, Localiser, looks_like_catalog_photo,  # noqa: E402
+                              object_crop)
 from training.composite import (BENCH_WALLPAPERS, SceneConfig, compose_scene, load_backgrounds,  # noqa: E402
                                 wallpaper_paths)
 
@@ -120,6 +122,20 @@ def gallery_vectors(embedder: Embedder, rows: list, args: argparse.Namespace) ->
     return vectors
 
 
+def report(results: list, args: argparse.Namespace, model_name: str, set_name: str, method: str, queries: int,
+           recall: dict[int, float], extra: dict | None = None) -> None:
+    """Keep and print one row (a JSON object with --json)."""
+    row = {"model": model_name, "set": set_name, "method": method, "queries": queries,
+           **{f"R@{k}": round(recall[k], 4) for k in KS}, **(extra or {})}
+    results.append(row)
+    if args.json:
+        print(json.dumps(row), flush=True)
+    else:
+        tail = "".join(f"  {k} {v}" for k, v in (extra or {}).items())
+        print(f"{model_name:<34} {set_name:<8} {method:<60} {recall[1]:>6.3f} {recall[5]:>6.3f} {recall[10]:>6.3f}"
+              f"{tail}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-dir", type=Path, default=Path("data/demo"))
@@ -130,6 +146,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", action="append", default=[], help="also evaluate a trained checkpoint")
     parser.add_argument("--no-pretrained", action="store_true", help="only the given checkpoints")
     parser.add_argument("--limit", type=int, default=None, help="queries of the first N products only")
+    parser.add_argument("--products-from", type=Path, default=None,
+                        help="a training run's split.json: query its --split products only (held out from training)")
+    parser.add_argument("--split", default="test", help="which products of --products-from")
+    parser.add_argument("--route-weight", type=float, default=0.1,
+                        help="category routing: score + weight x p(item's category | query)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (timings are per thread count)")
@@ -141,9 +162,12 @@ def main() -> None:
     with (args.demo_dir / "queries.csv").open() as handle:
         clean = [(args.demo_dir / r["query_image"], r["product_id"]) for r in csv.DictReader(handle)]
     products = list(dict.fromkeys(r.product_id for r in rows))
+    if args.products_from:  # a run's held-out products (the gallery stays the whole catalog)
+        held = set(json.loads(args.products_from.read_text())[args.split])
+        products = [p for p in products if p in held]
     if args.limit:  # the first N products of the catalog as queries (the gallery stays the whole catalog)
         products = products[: args.limit]
-        clean = [q for q in clean if q[1] in set(products)]
+    clean = [q for q in clean if q[1] in set(products)]
     scenes = build_scenes(args.demo_dir, args.scenes_dir, args.cutouts_dir, products, args.seed, args.workers)
     shop_images = [Image.open(p).convert("RGB") for p, _, _ in scenes]
     shop_truth = [prod for _, prod, _ in scenes]
@@ -161,6 +185,23 @@ def main() -> None:
     for name, det in detectors.items():
         shop_boxes[name], timing[name] = detect_all(det, shop_images)
         clean_boxes[name], _ = detect_all(det, clean_images)
+    trained_name = next((n for n in detectors if n.startswith("localiser")), None)
+    rules = {}  # the trained localiser's box, or the whole frame where a rule says not to crop
+    if trained_name is not None:
+        for set_name, images, boxes in (("shopper", shop_images, shop_boxes[trained_name]),
+                                        ("clean", clean_images, clean_boxes[trained_name])):
+            rules[(set_name, "not on catalog-style photos")] = [
+                None if looks_like_catalog_photo(im) else b for im, b in zip(images, boxes)]
+            rules[(set_name, "not when the box covers >= 50%")] = [
+                None if b is not None and b[2] * b[3] >= 0.5 * im.width * im.height else b
+                for im, b in zip(images, boxes)]
+        catalog_style = [looks_like_catalog_photo(im) for im in shop_images], \
+            [looks_like_catalog_photo(im) for im in clean_images]
+        print(json.dumps({"set": "rule", "catalog_style_share_shopper": round(float(np.mean(catalog_style[0])), 4),
+                          "catalog_style_share_clean": round(float(np.mean(catalog_style[1])), 4)})
+              if args.json else f"catalog-style frames: shopper {np.mean(catalog_style[0]):.3f}, clean "
+                                f"{np.mean(catalog_style[1]):.3f}", flush=True)
+    category_of = {r.product_id: r.category for r in rows}
 
     models = {} if args.no_pretrained else {"pretrained": lambda: build_model(ModelConfig())}
     for path in args.checkpoint:
@@ -168,7 +209,7 @@ def main() -> None:
     if not args.json:
         print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads; gallery {len(rows)} images of "
               f"{len({r.product_id for r in rows})} products; {len(scenes)} shopper photos, {len(clean)} clean queries")
-        print(f"{'model':<34} {'set':<8} {'method':<34} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
+        print(f"{'model':<34} {'set':<8} {'method':<60} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
     results = []
     for model_name, make in models.items():
         embedder = Embedder(make(), device="cpu")
@@ -178,18 +219,25 @@ def main() -> None:
                     *[("shopper", f"crop: {n}", shop_images, shop_boxes[n], shop_truth) for n in detectors],
                     ("shopper", "crop: true box (oracle)", shop_images, [b for _, _, b in scenes], shop_truth),
                     ("clean", "whole frame", clean_images, [None] * len(clean), clean_truth),
-                    *[("clean", f"crop: {n}", clean_images, clean_boxes[n], clean_truth) for n in detectors]]
+                    *[("clean", f"crop: {n}", clean_images, clean_boxes[n], clean_truth) for n in detectors],
+                    *[(set_name, f"crop: {trained_name}, {rule}", shop_images if set_name == "shopper" else
+                       clean_images, boxes, shop_truth if set_name == "shopper" else clean_truth)
+                      for (set_name, rule), boxes in rules.items()]]
+        probe = fit_category_probe(gallery, [r.category for r in rows])
+        gallery_route = np.sqrt(args.route_weight) * probe.routing_columns([r.category for r in rows])
         for set_name, method, images, boxes, truth in variants:
             vecs = embed_crops(embedder, images, boxes)
             recall = product_recall(vecs, truth, gallery, gallery_products, KS)
-            row = {"model": model_name, "set": set_name, "method": method, "queries": len(images),
-                   **{f"R@{k}": round(recall[k], 4) for k in KS}}
-            results.append(row)
-            if args.json:
-                print(json.dumps(row), flush=True)
-            else:
-                print(f"{model_name:<34} {set_name:<8} {method:<34} {recall[1]:>6.3f} {recall[5]:>6.3f} "
-                      f"{recall[10]:>6.3f}", flush=True)
+            report(results, args, model_name, set_name, method, len(images), recall)
+            if method == f"crop: {trained_name}" or method == "whole frame":
+                # category routing as a soft filter: [q, sqrt(w) p(c|q)] . [g, sqrt(w) onehot(c_g)] = q.g + w p(c_g|q)
+                probs = probe.probabilities(vecs)
+                routed = product_recall(np.hstack([vecs, np.sqrt(args.route_weight) * probs]), truth,
+                                        np.hstack([gallery, gallery_route]), gallery_products, KS)
+                accuracy = float(np.mean([probe.categories[i] == category_of[t]
+                                          for i, t in zip(probs.argmax(axis=1), truth)]))
+                report(results, args, model_name, set_name, f"{method} + category routing (w={args.route_weight})",
+                       len(images), routed, {"category_accuracy": round(accuracy, 4)})
         if model_name == "pretrained" or len(models) == 1:
             forward = forward_seconds(embedder)
             for name, seconds in timing.items():

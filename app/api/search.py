@@ -17,7 +17,7 @@ from app.openapi import component_ref
 from app.planner import PlanError, plan_and_search
 from app.planner import Query as PlanQuery
 from app.query_input import decode_base64_image, read_body, read_search_request, split_list, validated
-from app.localise import Region, oriented_size, regions
+from app.localise import Region, is_catalog_photo, oriented_size, regions
 from app.schemas import (BatchSearchRequest, BatchSearchResponse, DetectedObject, ErrorResponse, Hit,
                          PhotoSearchOptions, SearchOptions, SearchResponse, SimilarOptions)
 from app.serving import LoadedGeneration, ServiceState
@@ -144,7 +144,8 @@ async def locate(request: Request, state: ServiceState, settings: Settings, data
             detections = await run_in_threadpool(localiser.detect, image)
         detections = [d for d in detections if d.score >= settings.localiser_min_score]
         timings["localise"] = timings.get("localise", 0.0) + time.perf_counter() - start
-    return regions(image, original, detections, options.box, settings.crop_margin)
+    whole_first = bool(detections) and options.box is None and is_catalog_photo(image, settings)
+    return regions(image, original, detections, options.box, settings.crop_margin, whole_first)
 
 
 async def embed_regions(request: Request, state: ServiceState, searched: list[Region],

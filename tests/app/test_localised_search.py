@@ -11,11 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.localise import parse_box
+from app.localise import parse_box, regions
+from models.localiser import Detection, looks_like_catalog_photo
 from app.errors import ApiError
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import busy_background, product_cutout
+from tests.conftest import busy_background, draw_product, product_cutout
 from training.localiser import box_iou
 
 
@@ -108,3 +109,25 @@ def test_nothing_found_searches_the_whole_photo(built_data_dir, tiny_localiser_p
     assert body["box"] == {"x": 0, "y": 0, "w": 320, "h": 240, "localised": False, "source": "whole", "score": None}
     assert body["objects"] == [] and len(body["results"]) == 3
     assert "localise" in body["timings_ms"]  # the localiser ran and found nothing
+
+
+def test_a_catalog_style_photo_is_searched_whole(client):
+    """A product on a plain backdrop is framed already: the whole photo is searched (source catalog_photo when
+    objects were found), with the same results as localise=false."""
+    plain = draw_product(3, 1, size=300)
+    assert looks_like_catalog_photo(plain) and not looks_like_catalog_photo(shopper_photo(3, (180, 90))[0])
+    body = search(client, jpeg(plain), k="3").json()
+    assert body["box"]["localised"] is False and body["box"]["source"] in ("catalog_photo", "whole")
+    assert body["box"]["w"] == 300 and body["box"]["h"] == 300
+    whole = search(client, jpeg(plain), k="3", localise="false").json()
+    assert [r["product_id"] for r in body["results"]] == [r["product_id"] for r in whole["results"]]
+
+
+def test_regions_whole_first_keeps_every_detection_as_an_object():
+    image = Image.new("RGB", (200, 100), (240, 240, 240))
+    found = [Detection((10, 10, 50, 50), 0.9), Detection((100, 20, 40, 40), 0.5)]
+    first, others = regions(image, None, found, None, 0.1, whole_first=True)
+    assert first.box.source == "catalog_photo" and not first.box.localised and first.crop.size == (200, 100)
+    assert [o.box.source for o in others] == ["detected", "detected"]
+    first, _ = regions(image, None, found, "0,0,20,20", 0.1, whole_first=True)
+    assert first.box.source == "caller"  # a caller's box always wins
