@@ -92,6 +92,13 @@ class DetectedObject(BaseModel):
     results: list[Hit] | None = None
 
 
+class PredictedCategory(BaseModel):
+    """The query's category as the category probe predicts it (CATEGORY_ROUTING)."""
+
+    name: str
+    probability: float
+
+
 class SearchResponse(BaseModel):
     results: list[Hit]
     grouped: bool
@@ -105,6 +112,8 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float]
     box: QueryBox | None = Field(None, description="the region of the photo searched (photo searches only)")
     objects: list[DetectedObject] = Field([], description="the other objects found in the photo")
+    category: PredictedCategory | None = Field(None, description="the query's predicted category, when category "
+                                               "routing is on (results are nudged towards it)")
 
 
 class Item(BaseModel):

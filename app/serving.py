@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.routing import CategoryProbes
 from app.metrics import ServiceMetrics
 from indexer import CatalogStore, GenerationError, Manifest, current_generation, read_manifest
 from indexer.backends import open_vector_store
@@ -124,6 +125,7 @@ class ServiceState:
         self.batcher: Any = None  # app.batching.MicroBatcher once the embedder is loaded, when batching is on
         self.last_error: str | None = None
         self.localiser: Any = None  # models.localiser.Localiser when query localisation is on (app.localise)
+        self.category_probes = CategoryProbes()  # fitted per generation on first use (CATEGORY_ROUTING)
         self._generation: LoadedGeneration | None = None
         self._refused: str | None = None
         self._retired: list[tuple[float, LoadedGeneration]] = []

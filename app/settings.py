@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     crop_margin: float = Field(default=0.1, ge=0, le=1, description="context kept around a box on each side")
     localise_draft_factor: int = Field(default=3, ge=1, le=16, description="decode photos at this multiple of the "
                                        "embedding size, so that a crop keeps detail")
+    category_routing: bool = Field(default=False, description="predict a photo query's category (a linear probe "
+                                   "on the generation's vectors), show it and nudge results towards it")
+    category_route_weight: float = Field(default=0.1, ge=0, le=1, description="score + this x p(category)")
     whole_catalog_photos: bool = Field(default=True, description="search a photo whole when its border is plain "
                                        "(a catalog-style photo: cropping it costs R@1); its objects are still listed")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
@@ -18,6 +19,7 @@ from app.planner import PlanError, plan_and_search
 from app.planner import Query as PlanQuery
 from app.query_input import decode_base64_image, read_body, read_search_request, split_list, validated
 from app.localise import Region, is_catalog_photo, oriented_size, regions
+from app.routing import ROUTING_POOL, route
 from app.schemas import (BatchSearchRequest, BatchSearchResponse, DetectedObject, ErrorResponse, Hit,
                          PhotoSearchOptions, SearchOptions, SearchResponse, SimilarOptions)
 from app.serving import LoadedGeneration, ServiceState
@@ -148,6 +150,23 @@ async def locate(request: Request, state: ServiceState, settings: Settings, data
     return regions(image, original, detections, options.box, settings.crop_margin, whole_first)
 
 
+async def routed_response(settings: Settings, state: ServiceState, gen: LoadedGeneration, vector: np.ndarray,
+                          query: PlanQuery, timings: dict[str, float]) -> SearchResponse:
+    """``ranked_response``, or with CATEGORY_ROUTING: the query's predicted category, and the results re-ranked
+    by score + weight x p(their category) within a pool of ``ROUTING_POOL`` x the wanted results."""
+    probe = (await run_in_threadpool(state.category_probes.for_generation, gen)
+             if settings.category_routing else None)
+    if probe is None:
+        return await run_in_threadpool(ranked_response, settings, gen, vector, query, timings)
+    wanted = query.offset + query.k
+    pool = replace(query, k=wanted * ROUTING_POOL, offset=0)
+    response = await run_in_threadpool(ranked_response, settings, gen, vector, pool, timings)
+    response.category, routed = route(probe, vector, response.results, settings.category_route_weight)
+    response.has_more = response.has_more or len(routed) > wanted
+    response.results, response.offset = routed[query.offset:wanted], query.offset
+    return response
+
+
 async def embed_regions(request: Request, state: ServiceState, searched: list[Region],
                         timings: dict[str, float]) -> np.ndarray:
     """Embed the crops of ``searched`` in one forward (or through the micro-batcher for one crop)."""
@@ -177,7 +196,7 @@ async def search(request: Request, settings: SettingsDep, state: StateDep, gen: 
     first, others = await locate(request, state, settings, data, options, timings)
     vectors = gen.encode(await embed_regions(request, state, [first, *others] if options.objects == "all" else [first],
                                             timings))
-    response = await run_in_threadpool(ranked_response, settings, gen, vectors[0], query, timings)
+    response = await routed_response(settings, state, gen, vectors[0], query, timings)
     response.box = first.box
     response.objects = [DetectedObject(box=r.box) for r in others]
     if options.objects == "all":

@@ -131,3 +131,22 @@ def test_regions_whole_first_keeps_every_detection_as_an_object():
     assert [o.box.source for o in others] == ["detected", "detected"]
     first, _ = regions(image, None, found, "0,0,20,20", 0.1, whole_first=True)
     assert first.box.source == "caller"  # a caller's box always wins
+
+
+def test_category_routing_shows_the_category_and_reranks(client, built_data_dir, tiny_localiser_path):
+    """With CATEGORY_ROUTING the answer names the predicted category, and its results are the unrouted pool
+    (4 x k) re-ranked by score + weight x p(result's category); the reported scores stay cosines."""
+    weight = 0.5
+    settings = Settings(data_dir=built_data_dir, reload_interval_s=0, device="cpu",
+                        localiser_weights=tiny_localiser_path, category_routing=True, category_route_weight=weight)
+    photo, _ = shopper_photo(3, (180, 90))
+    pool = search(client, jpeg(photo), k="16").json()
+    assert pool["category"] is None  # routing is off by default
+    with TestClient(create_app(settings)) as routed_client:
+        body = search(routed_client, jpeg(photo), k="4").json()
+    predicted, p = body["category"]["name"], body["category"]["probability"]
+    assert predicted in ("chairs", "tables") and 0.5 <= p <= 1  # two categories in the test catalog
+    boosted = sorted(pool["results"], key=lambda r: -(r["score"] + weight * (p if r["category"] == predicted
+                                                                             else 1 - p)))
+    assert [r["item_id"] for r in body["results"]] == [r["item_id"] for r in boosted[:4]]
+    assert [r["score"] for r in body["results"]] == [r["score"] for r in boosted[:4]]
