@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,38 @@ def export_localiser(net: LocaliserNet, cache_dir: Path) -> Path:
     return path
 
 
+class _StaticShapes:
+    """OpenVINO runs the graph compiled for one input shape about 1.6x faster than with dynamic height/width, so
+    each padded shape gets its own compiled model, made on first use (FCOS pads to multiples of 32 and the
+    longer side is fixed, so there are at most 2 x size/32 of them; compiled blobs are cached on disk)."""
+
+    def __init__(self, onnx_path: Path, threads: int | None) -> None:
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.onnx_path = onnx_path
+        self.threads = threads
+        self.model = self.core.read_model(str(onnx_path))
+        self.shapes: dict[tuple[int, ...], object] = {}
+        self.lock = threading.Lock()
+
+    def infer(self, images: np.ndarray) -> list[np.ndarray]:
+        runner = self.shapes.get(images.shape)
+        if runner is None:
+            with self.lock:
+                runner = self.shapes.get(images.shape) or self._compile(images.shape)
+        return runner.infer(images)  # type: ignore[attr-defined]
+
+    def _compile(self, shape: tuple[int, ...]) -> object:
+        from models.runtime_openvino import ThreadRequests, compile_for_cpu
+
+        model = self.model.clone()
+        model.reshape({"images": list(shape)})
+        cache = self.onnx_path.parent / "openvino-cache"
+        runner = self.shapes[shape] = ThreadRequests(compile_for_cpu(self.core, model, cache, "fp32", self.threads))
+        return runner
+
+
 class RuntimeLocaliser(Localiser):
     """A :class:`Localiser` whose network runs in OpenVINO or ONNX Runtime (``options.runtime``; ``auto`` picks
     as the embedder does; ``torch`` keeps the eager network). Same ``detect`` answers, up to float rounding."""
@@ -83,13 +116,7 @@ class RuntimeLocaliser(Localiser):
             return
         onnx_path = export_localiser(model, options.resolved_cache_dir())
         if self.runtime_name == "openvino":
-            import openvino as ov
-
-            from models.runtime_openvino import ThreadRequests, compile_for_cpu
-
-            compiled = compile_for_cpu(ov.Core(), onnx_path, onnx_path.parent / "openvino-cache", "fp32",
-                                       options.threads)
-            self._run = ThreadRequests(compiled).infer
+            self._run = _StaticShapes(onnx_path, options.threads).infer
         else:
             from models.runtime_onnx import cpu_session
 

@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: quantised ops in int8, the rest in f32
 
 
-def compile_for_cpu(core: ov.Core, source: Path, cache_dir: Path, precision: str = "fp32",
+def compile_for_cpu(core: ov.Core, source: Path | ov.Model, cache_dir: Path, precision: str = "fp32",
                     threads: int | None = None) -> ov.CompiledModel:
-    """``source`` (ONNX or IR) compiled for the CPU for latency: one stream, so a forward uses all its threads
-    (batches included); the compiled blob is kept in ``cache_dir`` for the next process."""
+    """``source`` (ONNX or IR file, or a model in memory) compiled for the CPU for latency: one stream, so a
+    forward uses all its threads (batches included); the compiled blob is kept in ``cache_dir`` for the next
+    process."""
     config: dict[str, object] = {
         "CACHE_DIR": str(cache_dir),
         "PERFORMANCE_HINT": "LATENCY",
@@ -36,7 +37,7 @@ def compile_for_cpu(core: ov.Core, source: Path, cache_dir: Path, precision: str
     }
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
-    return core.compile_model(str(source), "CPU", config)
+    return core.compile_model(source if isinstance(source, ov.Model) else str(source), "CPU", config)
 
 
 class ThreadRequests:
