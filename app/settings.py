@@ -10,8 +10,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.build import BuildOptions
-from indexer.compact import DEFAULT_COMPACT_DIM
-from indexer.index_choice import TARGET_LATENCY_MS, TARGET_RECALL
+from indexer.compact import DEFAULT_COMPACT_DIM, DEFAULT_COMPACT_WHITEN
+from indexer.index_choice import DEFAULT_CODE, TARGET_LATENCY_MS, TARGET_RECALL
 from indexer.milvus_store import MilvusTarget
 from models.runtime import RuntimeOptions
 
@@ -68,9 +68,12 @@ class Settings(BaseSettings):
     index_latency_ms: float = Field(default=TARGET_LATENCY_MS, gt=0,
                                     description="single-query search target on one core that picks the index kind")
     target_recall: float = Field(default=TARGET_RECALL, gt=0, le=1, description="recall@10 the index is tuned to")
-    compact_dim: int | None = Field(default=DEFAULT_COMPACT_DIM, ge=8, description="PCA dimension of the stored "
-                                    "and searched vectors (None: the embeddings themselves)")
-    compact_whiten: bool = Field(default=False, description="whiten the PCA (scale each component to unit variance)")
+    compact_dim: int = Field(default=DEFAULT_COMPACT_DIM or 0, ge=0, description="PCA dimension of the stored "
+                             "and searched vectors (0: the embeddings themselves)")
+    compact_whiten: bool = Field(default=DEFAULT_COMPACT_WHITEN, description="whiten the PCA (scale each component "
+                                 "to unit variance)")
+    vector_code: str = Field(default=DEFAULT_CODE, pattern="^(float32|fp16|sq8)$", description="codes of the stored "
+                             "vectors (a memory budget may take smaller ones)")
     batch_size: int = Field(default=64, ge=1)
     workers: int = Field(default=2, ge=0)
     keep_generations: int = Field(default=3, ge=1)
@@ -115,7 +118,8 @@ class Settings(BaseSettings):
         """The re-index job's options from these settings; ``overrides`` set per-run choices (CLI flags)."""
         fields: dict[str, Any] = {"checkpoint": self.checkpoint, "flat_threshold": self.flat_threshold,
                                   "latency_ms": self.index_latency_ms, "target_recall": self.target_recall,
-                                  "compact_dim": self.compact_dim, "compact_whiten": self.compact_whiten,
+                                  "compact_dim": self.compact_dim or None, "compact_whiten": self.compact_whiten,
+                                  "vector_code": self.vector_code,
                                   "batch_size": self.batch_size, "workers": self.workers,
                                   "keep": self.keep_generations, "max_image_bytes": self.max_image_file_bytes,
                                   "milvus": self.milvus_target()}

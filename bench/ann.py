@@ -61,6 +61,7 @@ class NeighbourProfile:
     image_scales: np.ndarray   # (r2,)
     images_per_product: float
     source: str
+    product_spread: np.ndarray | None = None  # each real product's image spread over the mean (None: all alike)
 
     @classmethod
     def fit(cls, vectors: np.ndarray, products: np.ndarray | None = None, source: str = "real") -> NeighbourProfile:
@@ -75,8 +76,14 @@ class NeighbourProfile:
         centres /= np.bincount(index, minlength=len(names))[:, None]
         mean = centres.mean(axis=0)
         c_axes, c_scales = _principal(centres - mean)
-        i_axes, i_scales = _principal(x - centres[index])
-        return cls(mean.astype(np.float32), c_axes, c_scales, i_axes, i_scales, len(x) / len(names), source)
+        residual = x - centres[index]
+        i_axes, i_scales = _principal(residual)
+        # Products differ in how alike their images are (near-duplicate shots vs different views): keep the
+        # real distribution of each product's spread, not one Gaussian for all.
+        per_product = np.sqrt(np.bincount(index, (residual ** 2).sum(axis=1)) / np.bincount(index))
+        spread = (per_product / np.sqrt((residual ** 2).sum(axis=1).mean())).astype(np.float32)
+        return cls(mean.astype(np.float32), c_axes, c_scales, i_axes, i_scales, len(x) / len(names), source,
+                   spread[np.bincount(index) > 1])
 
     @classmethod
     def synthetic(cls, dim: int, seed: int = 1338) -> NeighbourProfile:
@@ -88,13 +95,6 @@ class NeighbourProfile:
         mean *= 0.6 / np.linalg.norm(mean)
         return cls(mean, axes, scales, axes, scales * 0.35, 4.0, f"synthetic power-law spectrum, dim {dim}")
 
-    def projected(self, basis: np.ndarray, origin: np.ndarray) -> NeighbourProfile:
-        """The same model seen through a linear projection ``(x - origin) @ basis.T`` (a PCA): generating there
-        and normalising equals generating here, projecting and normalising."""
-        return NeighbourProfile((self.mean - origin) @ basis.T, self.centre_axes @ basis.T, self.centre_scales,
-                                self.image_axes @ basis.T, self.image_scales, self.images_per_product,
-                                f"{self.source}, projected to {len(basis)} dimensions by PCA")
-
     def generate(self, n: int, seed: int, queries: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``n`` catalog images of about n/images_per_product new products, and ``queries`` fresh images of
         random catalog products (a shopper's photo of a product the shop sells); unit vectors."""
@@ -103,6 +103,8 @@ class NeighbourProfile:
         product_of = np.sort(rng.integers(0, products, n))
         out = np.empty((n, len(self.mean)), dtype=np.float32)
         query_products = rng.integers(0, products, queries)
+        spread = (np.ones(products, np.float32) if self.product_spread is None or not len(self.product_spread)
+                  else rng.choice(self.product_spread, products).astype(np.float32))
         query_out = np.empty((queries, len(self.mean)), dtype=np.float32)
         block = 50_000
         for first in range(0, products, block):  # product centres in blocks: bounded memory at any n
@@ -110,15 +112,15 @@ class NeighbourProfile:
             centres = self.mean + (rng.standard_normal((last - first, len(self.centre_scales)), dtype=np.float32)
                                    * self.centre_scales) @ self.centre_axes
             lo, hi = np.searchsorted(product_of, [first, last])
-            out[lo:hi] = self._image(centres[product_of[lo:hi] - first], rng)
+            out[lo:hi] = self._image(centres[product_of[lo:hi] - first], rng, spread[product_of[lo:hi]])
             mine = (query_products >= first) & (query_products < last)
-            query_out[mine] = self._image(centres[query_products[mine] - first], rng)
+            query_out[mine] = self._image(centres[query_products[mine] - first], rng, spread[query_products[mine]])
         shuffle = rng.permutation(n)  # ids do not follow products
         return out[shuffle], query_out
 
-    def _image(self, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        x = centres + (rng.standard_normal((len(centres), len(self.image_scales)), dtype=np.float32)
-                       * self.image_scales) @ self.image_axes
+    def _image(self, centres: np.ndarray, rng: np.random.Generator, spread: np.ndarray) -> np.ndarray:
+        x = centres + spread[:, None] * ((rng.standard_normal((len(centres), len(self.image_scales)),
+                                                              dtype=np.float32) * self.image_scales) @ self.image_axes)
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -131,20 +133,26 @@ def _principal(x: np.ndarray, keep: int = 256) -> tuple[np.ndarray, np.ndarray]:
 
 
 def profile_for(vectors_path: str | None, data_dir: Path, dim: int) -> NeighbourProfile:
-    """Fit on real embeddings (``--vectors`` or the served generation, with its product ids) if there are any;
-    in ``dim`` dimensions (the real ones' PCA, as the service's compact transform) when that is fewer."""
+    """Fit on real embeddings (``--vectors`` or the served generation, with its product ids) if there are any,
+    seen through the service's default compact transform to ``dim`` dimensions (PCA-whitening) when that is
+    fewer; a synthetic power-law profile otherwise."""
+    from indexer.compact import DEFAULT_COMPACT_WHITEN, CompactTransform
+
     real, products = real_vectors_with_products(vectors_path, data_dir)
     if real is None:
         return NeighbourProfile.synthetic(dim)
-    profile = NeighbourProfile.fit(real, products, source=f"fitted on {len(real)} real embeddings")
-    if dim < real.shape[1]:
-        origin = real.mean(axis=0)
-        profile = profile.projected(_principal(real - origin, keep=dim)[0], origin)
-    return profile
+    transform = CompactTransform.fit(real, dim, whiten=DEFAULT_COMPACT_WHITEN)
+    return NeighbourProfile.fit(transform.apply(real), products,
+                                source=f"fitted on {len(real)} real embeddings through {transform.describe()}")
 
 
 def real_vectors_with_products(path: str | None, data_dir: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Real embeddings (``path``, or the served generation's vectors.npy with its product ids), or (None, None)."""
+    """Real embeddings with their product ids, or (None, None): ``path`` (an .npy of vectors, or an .npz from
+    ``bench/demo_quality.py --compact --embeddings``: its gallery and gallery_products), else the served
+    generation's vectors.npy and catalog."""
+    if path and str(path).endswith(".npz"):
+        with np.load(path) as saved:
+            return np.asarray(saved["gallery"], dtype=np.float32), saved["gallery_products"]
     if path:
         return np.asarray(np.load(path), dtype=np.float32), None
     name = current_generation(data_dir)
@@ -201,34 +209,42 @@ def qps(index, queries: np.ndarray, single: int) -> tuple[float, float]:
 
 def check_generator(args: argparse.Namespace) -> None:
     """The generator against the real embeddings it was fitted on, at the real catalog's size (and the old
-    mixture generator beside it): top-1/top-10 gap quantiles and IVF recall@10 at a fixed nprobe."""
+    mixture generator beside it): top-1/top-10 gap quantiles and IVF recall@10 at a fixed nprobe; in the
+    embeddings' own space and in the compact space the service searches (the default compact transform)."""
+    from indexer.compact import DEFAULT_COMPACT_DIM, DEFAULT_COMPACT_WHITEN, CompactTransform
+
     real, products = real_vectors_with_products(args.vectors, Path(args.data_dir))
     if real is None:
         print("no real embeddings under --data-dir (or --vectors): nothing to check the generator against")
         return
-    profile = NeighbourProfile.fit(real, products)
-    generated, _ = profile.generate(len(real), seed=1)
-    old = mixture(len(real), real, args.noise, seed=1)
-    rows = {**neighbour_check(real, generated), "old mixture": neighbour_check(real, old)["generated"]}
-    keys = list(rows["real"])
-    print(f"# generator check: {len(real)} real {real.shape[1]}-d embeddings vs as many generated "
-          f"({profile.images_per_product:.1f} images per product)")
-    print("| vectors | " + " | ".join(keys) + " |")
-    print("|---|" + "---|" * len(keys))
-    for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |")
+    transform = CompactTransform.fit(real, DEFAULT_COMPACT_DIM, whiten=DEFAULT_COMPACT_WHITEN)
+    for space, vectors in (("embeddings", real), (transform.describe(), transform.apply(real))):
+        profile = NeighbourProfile.fit(vectors, products)
+        generated, _ = profile.generate(len(vectors), seed=1)
+        old = mixture(len(vectors), vectors, args.noise, seed=1)
+        rows = {**neighbour_check(vectors, generated, nprobe=args.check_nprobe),
+                "old mixture": neighbour_check(vectors, old, nprobe=args.check_nprobe)["generated"]}
+        keys = list(rows["real"])
+        print(f"\n# generator check, {space}: {len(vectors)} real {vectors.shape[1]}-d vectors vs as many generated "
+              f"({profile.images_per_product:.1f} images per product)")
+        print("| vectors | " + " | ".join(keys) + " |")
+        print("|---|" + "---|" * len(keys))
+        for name, row in rows.items():
+            print(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000", help="comma-separated vector counts")
     parser.add_argument("--dim", type=int, default=128, help="dimension of the generated vectors (the compact space)")
-    parser.add_argument("--vectors", help="real embeddings (.npy) to fit the generator on")
+    parser.add_argument("--vectors", help="real embeddings to fit the generator on: .npy, or the .npz of "
+                        "bench/demo_quality.py --compact --embeddings (with product ids)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--noise", type=float, default=0.6, help="noise of the old mixture generator (--check)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--kinds", default="flat,ivf_pq_refine,ivf_flat", help="which index kinds to build")
     parser.add_argument("--check", action="store_true", help="compare generated with real neighbour structure")
+    parser.add_argument("--check-nprobe", type=int, default=4, help="--check: the fixed nprobe of the IVF recall")
     parser.add_argument("--build-threads", type=int, default=1,
                         help="FAISS threads for building (1 on a shared machine: spinning OpenMP threads stall)")
     args = parser.parse_args()

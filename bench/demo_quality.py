@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 import torch
 
+from app.settings import Settings
 from indexer import CatalogStore, current_generation, read_catalog, read_manifest
 from indexer.generations import CATALOG_DB, VECTORS
 from indexer.generations import generations_dir
@@ -98,6 +99,18 @@ def compact_table(gallery: np.ndarray, gallery_products: list[str], query: np.nd
                 print(f"{label:<22} {code:<8} {size:>12} {recall[1]:>6.3f} {recall[5]:>6.3f}", flush=True)
 
 
+def save_embeddings(path: Path, embedder: Embedder, rows: list, queries: list, gallery: np.ndarray,
+                    query: np.ndarray) -> None:
+    """The demo's embeddings with what identifies them, for reuse (``--compact --embeddings``, ``bench/ann.py
+    --vectors``): gallery/queries vectors, their item/product ids and image paths, the model and runtime."""
+    np.savez(path, gallery=np.asarray(gallery, np.float32), queries=np.asarray(query, np.float32),
+             gallery_item_ids=np.array([r.item_id for r in rows]),
+             gallery_products=np.array([r.product_id for r in rows]),
+             gallery_images=np.array([str(r.image) for r in rows]),
+             query_products=np.array([q[1] for q in queries]), query_images=np.array([str(q[0]) for q in queries]),
+             model_id=np.array(embedder.model_id), runtime=np.array(f"{embedder.runtime_name} {embedder.precision}"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-dir", type=Path, default=Path("data/demo"))
@@ -128,13 +141,17 @@ def main() -> None:
             with np.load(args.embeddings) as saved:
                 gallery, query = saved["gallery"], saved["queries"]
         else:
-            embedder = Embedder(build_model(ModelConfig(image_size=args.image_size)), device="auto")
+            settings = Settings()
+            embedder = Embedder(build_model(ModelConfig(image_size=args.image_size)), device=settings.device,
+                                options=settings.runtime_options())
+            start = time.perf_counter()
             gallery = served_vectors(args.data_dir, embedder.model_id, rows)
             if gallery is None:
                 gallery = extract_embeddings([r.image for r in rows], embedder, workers=args.workers, progress=False)
             query = extract_embeddings([q[0] for q in queries], embedder, workers=args.workers, progress=False)
+            print(f"embedded with {embedder.runtime_name} {embedder.precision} in {time.perf_counter() - start:.0f}s")
             if args.embeddings:
-                np.savez(args.embeddings, gallery=gallery, queries=query)
+                save_embeddings(args.embeddings, embedder, rows, queries, gallery, query)
         compact_table(np.asarray(gallery, np.float32), [r.product_id for r in rows], np.asarray(query, np.float32),
                       [q[1] for q in queries])
         return

@@ -176,7 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000", help="comma-separated vector counts")
     parser.add_argument("--dim", type=int, default=128, help="the compact dimension the store searches")
-    parser.add_argument("--vectors", help="real embeddings (.npy) to grow the generated vectors from")
+    parser.add_argument("--vectors", help="real embeddings to fit the generator on (.npy, or the .npz of "
+                        "bench/demo_quality.py --compact --embeddings)")
     parser.add_argument("--queries", type=int, default=200, help="timed single queries per row")
     parser.add_argument("--index", default="auto", help="auto (the chooser) or a kind to force: flat, ivf_pq_refine")
     parser.add_argument("--exact-threshold", type=int, default=None,

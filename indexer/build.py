@@ -28,10 +28,12 @@ from indexer.generations import (
     prune_generations,
     publish,
 )
-from indexer.compact import DEFAULT_COMPACT_DIM, CompactTransform
+from indexer.compact import DEFAULT_COMPACT_DIM, DEFAULT_COMPACT_WHITEN, CompactTransform
 from indexer.faiss_store import build_store
 from indexer.file_roots import FileRefused, confined_file
-from indexer.index_choice import TARGET_LATENCY_MS, TARGET_RECALL, IndexReport, IndexTargets, choose_index
+from indexer.index_choice import (
+    DEFAULT_CODE, TARGET_LATENCY_MS, TARGET_RECALL, IndexReport, IndexTargets, choose_index,
+)
 from indexer.milvus_generations import build_milvus_store, drop_pruned, point_served_alias
 from indexer.milvus_store import MilvusTarget
 from indexer.shards import DEFAULT_SHARD_SIZE, ShardSet
@@ -65,7 +67,8 @@ class BuildOptions:
     target_recall: float = TARGET_RECALL
     latency_ms: float = TARGET_LATENCY_MS
     compact_dim: int | None = DEFAULT_COMPACT_DIM  # PCA dimension of the stored vectors (None: the embeddings)
-    compact_whiten: bool = False
+    compact_whiten: bool = DEFAULT_COMPACT_WHITEN
+    vector_code: str = DEFAULT_CODE  # flat codes of the store (float32 | fp16 | sq8); a memory budget may shrink them
     work_root: Path | None = None
     keep_work: bool = False
     # When the catalog came from a caller (/admin/reindex): every image it lists must be a regular file of at most
@@ -247,7 +250,8 @@ def build_index(gen_dir: Path, vectors: np.ndarray, dim: int,
     transform = CompactTransform.fit(vectors, opts.compact_dim, whiten=opts.compact_whiten)
     compact = transform.apply(vectors)
     transform.save(gen_dir / COMPACT)
-    targets = IndexTargets(opts.target_recall, opts.latency_ms, opts.memory_budget_bytes, opts.flat_threshold)
+    targets = IndexTargets(opts.target_recall, opts.latency_ms, opts.memory_budget_bytes, opts.flat_threshold,
+                           opts.vector_code)
     choice = choose_index(len(compact), compact.shape[1], targets=targets)
     log.info("compact vectors: %s (%d -> %d dimensions); index choice: %s (%s)", transform.describe(), dim,
              compact.shape[1], choice.spec.factory, choice.reason)

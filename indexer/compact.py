@@ -5,9 +5,10 @@ EfficientNet-Lite0) to ``dim`` dimensions, renormalised to unit length so scores
 Catalog vectors, delta rows and every query go through the same transform; it is saved with the generation
 (``indexer.generations.COMPACT``) and named in the manifest, so a generation is never searched with another transform.
 
-The default (``DEFAULT_COMPACT_DIM``) is None, the embeddings themselves, until ``bench/demo_quality.py
---compact`` has shown a dimension that keeps the demo's Recall@1 within 0.5 points (not measured yet: the demo
-embeddings did not finish on the shared machine in this session); ``LOOKALIKE_COMPACT_DIM`` turns it on.
+The default, PCA-whitening to 128 dimensions (``DEFAULT_COMPACT_DIM``, ``DEFAULT_COMPACT_WHITEN``), is the
+smallest row of ``bench/demo_quality.py --compact`` that keeps the demo's Recall@1 within 0.5 points of the
+1280-d embeddings (README "Compact vectors"). A catalog with fewer than ``MIN_ROWS_PER_DIM`` rows per output
+dimension keeps its embeddings (a covariance from so few rows is noise, and whitening would amplify it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 
 from models.atomic import atomic_path
 
-DEFAULT_COMPACT_DIM: int | None = None
+DEFAULT_COMPACT_DIM: int | None = 128
+DEFAULT_COMPACT_WHITEN = True
+MIN_ROWS_PER_DIM = 4  # fewer catalog rows than this per output dimension: no PCA (the identity)
 FIT_SAMPLE = 100_000  # rows the PCA is fitted on (a seeded sample): covariance needs far fewer than N
 
 
@@ -52,14 +55,12 @@ class CompactTransform:
     def fit(cls, vectors: np.ndarray, dim: int | None, *, whiten: bool = False, sample: int = FIT_SAMPLE,
             seed: int = 0) -> CompactTransform:
         """PCA to ``dim`` dimensions fitted on a seeded sample of ``vectors`` (may be a memory map); the identity
-        when ``dim`` is None or not below the input dimension (or the sample's rank)."""
-        if dim is None or dim >= vectors.shape[1]:
+        when ``dim`` is None, not below the input dimension, or above 1/MIN_ROWS_PER_DIM of the rows."""
+        if dim is None or dim >= vectors.shape[1] or len(vectors) < MIN_ROWS_PER_DIM * dim:
             return cls.identity()
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(len(vectors), min(sample, len(vectors)), replace=False))
         x = np.asarray(vectors[rows], dtype=np.float64)
-        if dim >= len(x):
-            return cls.identity()
         mean = x.mean(axis=0)
         covariance = np.cov(x - mean, rowvar=False)
         values, axes = np.linalg.eigh(covariance)

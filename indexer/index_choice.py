@@ -7,7 +7,8 @@ single-query search <= 5 ms on one core, an optional memory budget) and the meas
 - beyond, ``IVF{nlist},PQ{m}x4fs,Refine(Flat)``: 4-bit fast-scan PQ codes over inverted lists (nlist ~
   4*sqrt(N), an HNSW coarse quantizer once nlist is large), re-ranked exactly by the flat vectors. The refine
   step's flat vectors are the store's flat codes (one copy serves refinement and exact scoring);
-- when the budget does not hold float32 vectors, the flat codes become fp16 or 8-bit scalar codes.
+- the flat codes are ``IndexTargets.code`` (default 8-bit scalar codes: on the demo they keep Recall@1 of
+  the compact vectors, README "Compact vectors"); a memory budget that does not hold them takes smaller ones.
 
 After building, recall@10 against exact search is measured on held-out queries (a seeded sample of the
 vectors, each query's own vector left out of both answers) and nprobe is raised until recall@10 reaches the
@@ -42,6 +43,7 @@ MIN_POINTS_PER_LIST = 39        # FAISS k-means warns below this many training p
 SCAN_NS = {"float32": 0.39, "fp16": 0.2, "sq8": 0.2}
 CODE_BYTES = {"float32": 4, "fp16": 2, "sq8": 1}
 REFINE_CODEC = {"float32": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}
+DEFAULT_CODE = "sq8"  # the flat codes by default (bench/demo_quality.py --compact: R@1 as float32 at 1/4 the bytes)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,11 @@ class IndexTargets:
     latency_ms: float = TARGET_LATENCY_MS      # single query, one core
     memory_budget_bytes: int | None = None
     flat_threshold: int | None = None          # exact Flat up to this many vectors (None: while it meets latency)
+    code: str = DEFAULT_CODE                   # the flat codes (float32 | fp16 | sq8); a budget may take smaller
+
+    def __post_init__(self) -> None:
+        if self.code not in CODE_BYTES:
+            raise ValueError(f"unknown vector code {self.code!r} (one of {', '.join(CODE_BYTES)})")
 
     def flat_fits(self, count: int, dim: int, code: str = "float32") -> bool:
         """Whether exact search over ``count`` vectors meets the targets (latency, or the explicit threshold)."""
@@ -150,7 +157,8 @@ def choose_index(count: int, dim: int, *, targets: IndexTargets = IndexTargets()
     prefix = _ivf_prefix(nlist)
     nprobe = max(1, min(nlist, max(8, nlist // 32)))  # a starting point; the build tunes it
     train = min(count, TRAIN_POINTS_PER_LIST * nlist)
-    for code in CODE_BYTES:  # float32 first; smaller codes only when the budget asks for them
+    codes = list(CODE_BYTES)
+    for code in codes[codes.index(targets.code):]:  # the targets' code first; smaller ones when the budget asks
         flat = estimate_memory("flat", count, dim, code=code)
         if (force == "flat" or (force is None and targets.flat_fits(count, dim, code))) and flat <= budget:
             factory = {"float32": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}[code]

@@ -13,7 +13,7 @@ def test_built_generation_is_published_with_manifest(built_data_dir):
     name = current_generation(built_data_dir)
     manifest = read_manifest(generations_dir(built_data_dir) / name)
     assert manifest.count == PRODUCTS * IMAGES_PER_PRODUCT
-    assert manifest.index_factory == "Flat"
+    assert manifest.index_factory == "SQ8" and manifest.vector_code == "sq8"  # exact scan of 8-bit codes (default)
     vectors = np.load(generations_dir(built_data_dir) / name / VECTORS)
     assert vectors.shape == (manifest.count, manifest.dim)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)

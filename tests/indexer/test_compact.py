@@ -42,22 +42,22 @@ def test_identity_when_not_reducing_and_for_old_generations(tmp_path):
 @pytest.fixture(scope="module")
 def compact_generation(tmp_path_factory, catalog_path, embedder):
     data = tmp_path_factory.mktemp("compact-data")
-    manifest = build_generation(catalog_path, data, embedder, workers=0, progress=False, compact_dim=8)
+    manifest = build_generation(catalog_path, data, embedder, workers=0, progress=False, compact_dim=4)
     return data, manifest
 
 
 def test_a_generation_stores_compact_vectors_and_searches_through_the_same_transform(compact_generation, embedder):
     data, manifest = compact_generation
     gen_dir = generations_dir(data) / manifest.generation
-    assert manifest.compact == "pca8" and manifest.vector_dim == 8 and manifest.dim == embedder.dim
-    assert read_manifest(gen_dir).compact == "pca8" and (gen_dir / COMPACT).is_file()
+    assert manifest.compact == "pca-whiten4" and manifest.vector_dim == 4 and manifest.dim == embedder.dim
+    assert read_manifest(gen_dir).compact == "pca-whiten4" and (gen_dir / COMPACT).is_file()
     gen = LoadedGeneration.open(data, manifest.generation)
     try:
-        assert gen.vectors.dim == 8 and gen.vectors.ntotal == PRODUCTS * IMAGES_PER_PRODUCT
+        assert gen.vectors.dim == 4 and gen.vectors.ntotal == PRODUCTS * IMAGES_PER_PRODUCT
         full = np.load(gen_dir / "vectors.npy")
-        # The stored vector of an item is its embedding through the transform; a query through the same
+        # The stored vector of an item is its embedding through the transform (as 8-bit codes); a query through the same
         # transform finds it first.
-        assert np.allclose(gen.vectors.vectors([3])[0], gen.encode(full[3]), atol=1e-5)
+        assert np.allclose(gen.vectors.vectors([3])[0], gen.encode(full[3]), atol=0.01)  # 8-bit codes
         _, ids = gen.vectors.search(gen.encode(full[3]), 1)
         assert ids[0, 0] == 3
     finally:
@@ -72,6 +72,6 @@ def test_a_transform_that_does_not_match_the_manifest_is_refused(compact_generat
     data, manifest = compact_generation
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
-    (generations_dir(copy) / manifest.generation / COMPACT).unlink()  # now the identity: 1280-d queries, 8-d store
+    (generations_dir(copy) / manifest.generation / COMPACT).unlink()  # now the identity: 1280-d queries, 4-d store
     with pytest.raises(GenerationError, match="compact transform"):
         LoadedGeneration.open(copy, manifest.generation)

@@ -158,6 +158,6 @@ def test_dataloader_workers_give_the_same_vectors(tmp_path, embedder):
 def test_manifest_records_measured_index_quality(built_data_dir):
     manifest = read_manifest(generations_dir(built_data_dir) / current_generation(built_data_dir))
     assert manifest.recall_at_10 == 1.0 and manifest.index_kind == "flat"
-    assert manifest.index_memory_bytes == manifest.count * manifest.dim * 4
+    assert manifest.index_memory_bytes == manifest.count * manifest.dim * 1  # 8-bit codes, the default
     assert manifest.index_device == ("cuda" if gpu_available() else "cpu")
     assert manifest.index_build_seconds is not None

@@ -33,17 +33,23 @@ def test_chooser_picks_flat_only_while_it_meets_latency_then_ivf_pq_refine_then_
     assert choose_index(50_000, 128, targets=fast).kind == "flat"  # ~2.5 ms scan
     assert flat_latency_ms(50_000, 128) <= fast.latency_ms < flat_latency_ms(1_000_000, 128)
     big = choose_index(1_000_000, 128, targets=fast)
-    assert big.kind == "ivf_pq_refine" and big.spec.factory == "IVF1024,PQ64x4fs,Refine(Flat)" and big.spec.is_ivf
+    assert big.kind == "ivf_pq_refine" and big.spec.factory == "IVF1024,PQ64x4fs,Refine(SQ8)" and big.spec.is_ivf
     assert big.train_size == 64 * 1024
-    assert big.code == "float32"
+    assert big.code == "sq8"  # the default codes
+    exact = IndexTargets(code="float32")
+    assert choose_index(1_000_000, 128, targets=exact).spec.factory == "IVF1024,PQ64x4fs,Refine(Flat)"
+    assert choose_index(150_000, 128, targets=exact).kind == "ivf_pq_refine"  # float32 scans 4x the bytes
+    assert choose_index(150_000, 128, targets=fast).kind == "flat"
+    with pytest.raises(ValueError, match="unknown vector code"):
+        IndexTargets(code="int4")
     assert choose_index(300_000_000, 128).spec.factory.startswith("IVF16384_HNSW32,")
     # A looser latency target keeps exact search longer; an explicit flat threshold overrides latency.
     assert choose_index(1_000_000, 128, targets=IndexTargets(latency_ms=100)).kind == "flat"
     assert choose_index(1_000_000, 128, targets=IndexTargets(flat_threshold=2_000_000)).kind == "flat"
     # The budget shrinks the codes before it gives up.
-    tight = choose_index(1_000_000, 128, targets=IndexTargets(memory_budget_bytes=400 << 20))
+    tight = choose_index(1_000_000, 128, targets=IndexTargets(memory_budget_bytes=400 << 20, code="float32"))
     assert tight.code == "fp16" and tight.spec.factory.endswith("Refine(SQfp16)") and tight.memory_bytes <= 400 << 20
-    tighter = choose_index(1_000_000, 128, targets=IndexTargets(memory_budget_bytes=200 << 20))
+    tighter = choose_index(1_000_000, 128, targets=IndexTargets(memory_budget_bytes=200 << 20, code="float32"))
     assert tighter.code == "sq8" and tighter.spec.factory.endswith("Refine(SQ8)")
     with pytest.raises(IndexBudgetError, match="need at least"):
         choose_index(1_000_000, 128, targets=IndexTargets(memory_budget_bytes=10 << 20))

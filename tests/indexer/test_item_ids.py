@@ -1,0 +1,47 @@
+"""The vectorised item-id lookup answers exactly as a dict, whatever the ids hold and however hashes collide."""
+
+import numpy as np
+import pytest
+
+import indexer.item_ids as item_ids
+from indexer.item_ids import MAX_WORDS, ItemIdIndex
+
+
+def random_ids(count: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    alphabet = list("abcXYZ019-_/ .") + ["é", "ü", "中", "\ud800"]  # ASCII, accents, CJK, a lone surrogate
+    ids = ("".join(rng.choice(alphabet, rng.integers(0, 3 * MAX_WORDS))) for _ in range(count))
+    return list(dict.fromkeys(ids)) + ["x" * (8 * MAX_WORDS + 5), "y" * 8 * MAX_WORDS]  # too long for the words
+
+
+def queries_for(ids: list[str]) -> list[str]:
+    # known ids, unknown ones, prefixes/extensions of known ones, the empty id, over-long ids, a NUL
+    return ids[::3] + [i + "!" for i in ids[:40]] + [i[:-1] for i in ids[:40] if i] + [
+        "", "nope", "x" * (8 * MAX_WORDS + 4), "x" * (8 * MAX_WORDS + 5), "y" * 8 * MAX_WORDS]
+
+
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_lookup_matches_a_dict(ascii_only):
+    ids = [i for i in random_ids(3000, seed=1) if i.isascii() or not ascii_only]
+    index = ItemIdIndex(ids)
+    expected = {item: row for row, item in enumerate(ids)}
+    queries = queries_for(ids)
+    assert index.lookup(queries).tolist() == [expected.get(q, -1) for q in queries]
+    with_nul = queries + ["a\0b"]
+    assert index.lookup(with_nul).tolist() == [expected.get(q, -1) for q in with_nul]
+    assert index.lookup([]).tolist() == []
+
+
+def test_lookup_stays_exact_when_every_hash_collides(monkeypatch):
+    real_hash = item_ids._hash
+    monkeypatch.setattr(item_ids, "_hash", lambda words: real_hash(words) & np.uint64(7))  # 8 distinct hashes
+    ids = random_ids(300, seed=2)
+    index = ItemIdIndex(ids)
+    expected = {item: row for row, item in enumerate(ids)}
+    queries = queries_for(ids)
+    assert index.lookup(queries).tolist() == [expected.get(q, -1) for q in queries]
+
+
+def test_ids_holding_nul_fall_back_to_a_dict():
+    index = ItemIdIndex(["a", "b\0c", "d"])
+    assert index.lookup(["d", "b\0c", "a", "b"]).tolist() == [2, 1, 0, -1]
