@@ -193,12 +193,15 @@ class FaissCpuStore(BaseVectorStore):
         return allowed <= self._scanned(allowed / max(self.base_count, 1), None)[1] * EXACT_PER_SCANNED
 
     def _scanned(self, selectivity: float, nprobe: int | None) -> tuple[int, float]:
-        """(nprobe, vectors scanned) of an IVF search under a filter of ``selectivity``: nprobe grows with
-        1/sqrt(selectivity), since a filter's nearest allowed vectors lie further out."""
-        nprobe = nprobe or self.spec.nprobe
+        """(nprobe, vectors scanned) of an IVF search under a filter of ``selectivity``: the nprobe measured at
+        build time to keep the recall target under such a filter (``IndexSpec.nprobe_for``), since a filter's
+        nearest allowed vectors lie further out; an explicit ``nprobe`` grows with 1/sqrt(selectivity)."""
         if not self._ivf_nlist:
-            return nprobe, float(self.base_count)
-        nprobe = min(self._ivf_nlist, math.ceil(nprobe / math.sqrt(max(selectivity, 1e-9))))
+            return nprobe or self.spec.nprobe, float(self.base_count)
+        if nprobe:
+            nprobe = min(self._ivf_nlist, math.ceil(nprobe / math.sqrt(max(selectivity, 1e-9))))
+        else:
+            nprobe = self.spec.nprobe_for(selectivity, self._ivf_nlist)
         return nprobe, nprobe * self.base_count / self._ivf_nlist
 
     # --- search -------------------------------------------------------------------------------------------
@@ -234,7 +237,7 @@ class FaissCpuStore(BaseVectorStore):
 
     def _ann(self, queries: np.ndarray, k: int, base: IdFilter | None,
              params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
-        """ANN search; a filter raises nprobe by 1/sqrt(selectivity), and where even that would scan more vectors
+        """ANN search; a filter raises nprobe to what was measured for its selectivity, and where that would scan more vectors
         than the filter allows, exact scoring of the allowed ones is cheaper and exact."""
         nprobe = params.nprobe or self.spec.nprobe
         if base is not None and self.base_count:
@@ -316,7 +319,8 @@ class FaissCpuStore(BaseVectorStore):
         changes = self._changes
         if changes.dead_count or len(changes.ids):
             np.savez(tmp / CHANGES_FILE, dead=np.flatnonzero(changes.dead), ids=changes.ids, vectors=changes.vectors)
-        meta = {"factory": self.spec.factory, "nprobe": self.spec.nprobe, "code": self.code, "dim": self.dim,
+        meta = {"factory": self.spec.factory, "nprobe": self.spec.nprobe, "filtered_nprobe": self.spec.filtered,
+                "code": self.code, "dim": self.dim,
                 "count": self.base_count}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if path.exists():
@@ -335,7 +339,8 @@ class FaissCpuStore(BaseVectorStore):
         index = None
         index_bytes = 0
         if (path / INDEX_FILE).is_file():
-            index = VectorIndex.load(path / INDEX_FILE, IndexSpec(meta["factory"], int(meta["nprobe"])))
+            filtered = tuple((float(s), int(p)) for s, p in meta.get("filtered_nprobe", ()))
+            index = VectorIndex.load(path / INDEX_FILE, IndexSpec(meta["factory"], int(meta["nprobe"]), filtered))
             index_bytes = (path / INDEX_FILE).stat().st_size
         flat = refine_flat(index.index) if index is not None else None
         if flat is None:

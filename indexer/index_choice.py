@@ -12,7 +12,9 @@ single-query search <= 5 ms on one core, an optional memory budget) and the meas
 
 After building, recall@10 against exact search is measured on held-out queries (a seeded sample of the
 vectors, each query's own vector left out of both answers) and nprobe is raised until recall@10 reaches the
-target where the index can.
+target where the index can; then again under random filters allowing 10% and 1% of the vectors (against the
+exact filtered top-10), so the store knows how far to probe under a filter (``IndexSpec.nprobe_for``) instead
+of guessing: on clustered vectors a filter's nearest allowed vectors can lie in many more lists.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from indexer.exact import exact_top_k
 from indexer.vector_index import IndexSpec, VectorIndex, ivf_layer
+from indexer.vector_store import IdFilter
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ HNSW_QUANTIZER_NLIST = 16_384   # from this many lists the coarse quantizer is a
 TARGET_RECALL = 0.95
 TARGET_LATENCY_MS = 5.0
 RECALL_K = 10
+FILTER_SELECTIVITIES = (0.1, 0.01)  # random filters the nprobe is also tuned under (sets of >= 100 vectors)
+FILTER_QUERIES = 200
 REFINE_K_FACTORS = (4, 8, 16, 32)  # re-ranking depths tried (x k) until the target recall is reachable
 FASTSCAN_LISTS_PER_SQRT = 1
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per list (FAISS wants at least 39; more buys little)
@@ -218,40 +223,62 @@ def without_own(ids: np.ndarray, own: np.ndarray | None, k: int) -> np.ndarray:
 
 
 def measure_recall(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, nprobe: int | None = None,
-                   own: np.ndarray | None = None) -> float:
-    """Recall@k of ``index`` at ``nprobe`` (``own``: each query's own id, left out of the answer)."""
+                   own: np.ndarray | None = None, allowed: IdFilter | None = None) -> float:
+    """Recall@k of ``index`` at ``nprobe`` (``own``: each query's own id, left out of the answer; ``allowed``:
+    a filter, ``truth`` being the exact top-k among it)."""
     k = truth.shape[1]
-    _, ids = index.search(queries, k + (own is not None), nprobe=nprobe, complete=False)
+    _, ids = index.search(queries, k + (own is not None), allowed_ids=allowed, nprobe=nprobe, complete=False)
     return recall_at_k(without_own(ids, own, k), truth)
 
 
 def tune_nprobe(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, *, start: int,
-                target: float = TARGET_RECALL, own: np.ndarray | None = None) -> tuple[int, float]:
+                target: float = TARGET_RECALL, own: np.ndarray | None = None,
+                allowed: IdFilter | None = None) -> tuple[int, float]:
     """The smallest nprobe (doubling from ``start``, then bisecting) whose recall@k reaches ``target``.
 
     If even searching every list falls short (PQ without enough refinement), returns nlist and its recall.
     """
     ivf = ivf_layer(index.index)
     if ivf is None:
-        return 1, measure_recall(index, queries, truth, own=own)
+        return 1, measure_recall(index, queries, truth, own=own, allowed=allowed)
     nlist = int(ivf.nlist)
     low, nprobe = 0, max(1, min(start, nlist))
-    recall = measure_recall(index, queries, truth, nprobe, own)
+    recall = measure_recall(index, queries, truth, nprobe, own, allowed)
     while recall < target and nprobe < nlist:
         low, nprobe = nprobe, min(nlist, nprobe * 2)
-        recall = measure_recall(index, queries, truth, nprobe, own)
+        recall = measure_recall(index, queries, truth, nprobe, own, allowed)
     if recall < target:
         log.warning("recall@%d reaches only %.3f with every list probed (nprobe=%d)", truth.shape[1], recall, nlist)
         return nprobe, recall
     high, high_recall = nprobe, recall
     while high - low > max(1, high // 8):  # bisect to within ~12% of the smallest sufficient nprobe
         mid = (low + high) // 2
-        mid_recall = measure_recall(index, queries, truth, mid, own)
+        mid_recall = measure_recall(index, queries, truth, mid, own, allowed)
         if mid_recall >= target:
             high, high_recall = mid, mid_recall
         else:
             low = mid
     return high, high_recall
+
+
+def tune_filtered(index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, own: np.ndarray, nprobe: int,
+                  target: float, seed: int) -> tuple[tuple[float, int], ...]:
+    """(selectivity, nprobe) pairs: the smallest nprobe reaching ``target`` recall@10 against the exact filtered
+    top-10 under a random filter allowing each of ``FILTER_SELECTIVITIES`` of the vectors (the queries' own
+    vectors left out of it). Stops at the first selectivity whose filter holds under 100 vectors."""
+    rng = np.random.default_rng(seed + 7)
+    out: list[tuple[float, int]] = []
+    start = nprobe
+    for share in FILTER_SELECTIVITIES:
+        count = round(share * len(vectors))
+        if count < 10 * RECALL_K:
+            break
+        allowed = np.setdiff1d(np.sort(rng.choice(len(vectors), count, replace=False)), own)
+        base = np.asarray(vectors[allowed], dtype=np.float32)
+        truth = exact_top_k(base, queries, RECALL_K, allowed)[1]
+        start, _ = tune_nprobe(index, queries, truth, start=start, target=target, allowed=IdFilter.from_ids(allowed))
+        out.append((share, int(start)))
+    return tuple(out)
 
 
 def build_tuned(vectors: np.ndarray, plan: IndexChoice, *, target: float = TARGET_RECALL, queries: int = 500,
@@ -279,7 +306,10 @@ def build_tuned(vectors: np.ndarray, plan: IndexChoice, *, target: float = TARGE
             nprobe, recall = tune_nprobe(index, sample, truth, start=1, target=target, own=own)
             if recall >= target:
                 break
-        index = VectorIndex(index.index, IndexSpec(plan.spec.factory, nprobe))
+        filtered = tune_filtered(index, vectors, sample[:FILTER_QUERIES], own[:FILTER_QUERIES], nprobe, target, seed)
+        log.info("index %s: nprobe %d unfiltered, %s under filters", plan.spec.factory, nprobe,
+                 ", ".join(f"{p} at {s:.0%}" for s, p in filtered) or "none measured")
+        index = VectorIndex(index.index, IndexSpec(plan.spec.factory, nprobe, filtered))
     else:
         recall = 1.0
     tune_seconds = time.perf_counter() - start

@@ -14,6 +14,7 @@ results are never silently fewer than asked.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,27 @@ OPQ_ITERATIONS = 10  # FAISS's default 50 retrains PQ 50 times (minutes on 2 cor
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """What to build: a FAISS factory string, and the nprobe to search IVF indexes with."""
+    """What to build: a FAISS factory string, the nprobe to search IVF indexes with, and the nprobe measured to
+    reach the same recall under filters of given selectivities (``(selectivity, nprobe)`` pairs, descending)."""
 
     factory: str
     nprobe: int = 1
+    filtered: tuple[tuple[float, int], ...] = ()
+
+    def nprobe_for(self, selectivity: float, nlist: int) -> int:
+        """The nprobe for a filter allowing ``selectivity`` of the vectors: interpolated (log-log) between the
+        measured points; beyond the most selective one measured it grows with 1/sqrt(selectivity) from there
+        (also the rule when nothing was measured)."""
+        points = [(1.0, self.nprobe), *self.filtered]
+        s = max(selectivity, 1e-9)
+        if s >= 1.0:
+            return min(nlist, self.nprobe)
+        for (s_hi, p_hi), (s_lo, p_lo) in zip(points, points[1:]):
+            if s_lo <= s <= s_hi:
+                t = math.log(s_hi / s) / math.log(s_hi / s_lo)
+                return min(nlist, math.ceil(math.exp(math.log(p_hi) + t * (math.log(p_lo) - math.log(p_hi)))))
+        s_last, p_last = points[-1]
+        return min(nlist, math.ceil(p_last * math.sqrt(s_last / s)))
 
     @property
     def is_ivf(self) -> bool:
