@@ -51,9 +51,9 @@ class IndexSpec:
         for (s_hi, p_hi), (s_lo, p_lo) in zip(points, points[1:]):
             if s_lo <= s <= s_hi:
                 t = math.log(s_hi / s) / math.log(s_hi / s_lo)
-                return min(nlist, math.ceil(math.exp(math.log(p_hi) + t * (math.log(p_lo) - math.log(p_hi)))))
+                return min(nlist, math.ceil(math.exp(math.log(p_hi) + t * (math.log(p_lo) - math.log(p_hi))) - 1e-9))
         s_last, p_last = points[-1]
-        return min(nlist, math.ceil(p_last * math.sqrt(s_last / s)))
+        return min(nlist, math.ceil(p_last * math.sqrt(s_last / s) - 1e-9))
 
     @property
     def is_ivf(self) -> bool:

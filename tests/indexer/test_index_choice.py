@@ -137,3 +137,25 @@ def test_old_manifests_still_load():
            "catalog": "/x.csv"}
     manifest = Manifest.model_validate_json(json.dumps(old))
     assert manifest.recall_at_10 is None and manifest.index_memory_bytes is None and manifest.index_device == "cpu"
+
+
+def test_nprobe_under_filters_is_measured_and_interpolated(clustered, tmp_path):
+    from indexer.faiss_store import FaissCpuStore, build_store
+    from indexer.vector_store import IdFilter, SearchParams
+
+    spec = IndexSpec("IVF64,Flat", 4, ((0.1, 40), (0.01, 64)))
+    assert [spec.nprobe_for(s, 64) for s in (1.0, 0.1, 0.01, 0.001)] == [4, 40, 64, 64]
+    assert 4 < spec.nprobe_for(0.3, 64) < 40 and spec.nprobe_for(0.5, 1024) < spec.nprobe_for(0.2, 1024)
+    assert IndexSpec("IVF64,Flat", 4).nprobe_for(0.01, 1024) == 40  # nothing measured: 1/sqrt(selectivity)
+    store, _ = build_store(clustered, choose_index(len(clustered), DIM, force="ivf_pq_refine"), queries=300)
+    measured = store.spec.filtered
+    assert [s for s, _ in measured] == [0.1, 0.01] and all(p >= store.spec.nprobe for _, p in measured)
+    store.save(tmp_path / "store")
+    assert FaissCpuStore.load(tmp_path / "store").spec.filtered == measured
+    # Under a random 10% filter the ANN path (not exact) keeps recall@10 near the target.
+    rng = np.random.default_rng(5)
+    allowed = np.sort(rng.choice(len(clustered), len(clustered) // 10, replace=False))
+    queries = held_out_queries(clustered, 200, seed=9)
+    truth = exact_top_k(clustered[allowed], queries, 10, allowed)[1]
+    _, ids = store.search(queries, 10, IdFilter.from_ids(allowed), SearchParams(exact=False))
+    assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(ids.tolist(), truth.tolist())]) >= 0.9
