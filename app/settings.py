@@ -74,6 +74,8 @@ class Settings(BaseSettings):
                                  "to unit variance)")
     vector_code: str = Field(default=DEFAULT_CODE, pattern="^(float32|fp16|sq8)$", description="codes of the stored "
                              "vectors (a memory budget may take smaller ones)")
+    build_threads: int = Field(default=1, ge=0, description="FAISS threads building an index (0: every core; 1 "
+                               "on a shared machine, where spinning OpenMP threads stall k-means)")
     batch_size: int = Field(default=64, ge=1)
     workers: int = Field(default=2, ge=0)
     keep_generations: int = Field(default=3, ge=1)
@@ -119,7 +121,7 @@ class Settings(BaseSettings):
         fields: dict[str, Any] = {"checkpoint": self.checkpoint, "flat_threshold": self.flat_threshold,
                                   "latency_ms": self.index_latency_ms, "target_recall": self.target_recall,
                                   "compact_dim": self.compact_dim or None, "compact_whiten": self.compact_whiten,
-                                  "vector_code": self.vector_code,
+                                  "vector_code": self.vector_code, "build_threads": self.build_threads or None,
                                   "batch_size": self.batch_size, "workers": self.workers,
                                   "keep": self.keep_generations, "max_image_bytes": self.max_image_file_bytes,
                                   "milvus": self.milvus_target()}

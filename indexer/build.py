@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from indexer.catalog import CatalogError, CatalogRow, read_catalog
@@ -69,6 +70,7 @@ class BuildOptions:
     compact_dim: int | None = DEFAULT_COMPACT_DIM  # PCA dimension of the stored vectors (None: the embeddings)
     compact_whiten: bool = DEFAULT_COMPACT_WHITEN
     vector_code: str = DEFAULT_CODE  # flat codes of the store (float32 | fp16 | sq8); a memory budget may shrink them
+    build_threads: int | None = 1  # FAISS threads for k-means, adds and tuning (None: FAISS's default, every core)
     work_root: Path | None = None
     keep_work: bool = False
     # When the catalog came from a caller (/admin/reindex): every image it lists must be a regular file of at most
@@ -242,6 +244,21 @@ def assemble(gen_dir: Path, rows: Sequence[CatalogRow], dedup: DedupMap, shards:
     return shards.assemble(gen_dir / VECTORS, dedup.row_to_unique, dedup.unique_hashes)
 
 
+@contextmanager
+def faiss_threads(threads: int | None) -> Iterator[None]:
+    """FAISS's OpenMP threads set to ``threads`` (None: unchanged) for the block, then restored. On a shared
+    machine OpenMP's spinning workers made a 2-thread k-means many times slower than 1 thread (README)."""
+    if threads is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def build_index(gen_dir: Path, vectors: np.ndarray, dim: int,
                 opts: BuildOptions) -> tuple[IndexReport, CompactTransform, int, str]:
     """Fit the compact transform and apply it; choose an index for the count, latency target and memory budget;
@@ -255,6 +272,7 @@ def build_index(gen_dir: Path, vectors: np.ndarray, dim: int,
     choice = choose_index(len(compact), compact.shape[1], targets=targets)
     log.info("compact vectors: %s (%d -> %d dimensions); index choice: %s (%s)", transform.describe(), dim,
              compact.shape[1], choice.spec.factory, choice.reason)
-    vector_store, report = build_store(compact, choice, target=opts.target_recall)
+    with faiss_threads(opts.build_threads):
+        vector_store, report = build_store(compact, choice, target=opts.target_recall)
     vector_store.save(gen_dir / VECTOR_STORE)
     return report, transform, int(compact.shape[1]), choice.code
