@@ -30,6 +30,7 @@ import io
 import os
 import platform
 import random
+import resource
 import socket
 import statistics
 import subprocess
@@ -123,8 +124,8 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
 # ---------------------------------------------------------------------------------------------- in process
 
 
-def forward_floor(embedder: Embedder, image: Image.Image, repeats: int = 20) -> tuple[float, float]:
-    """(min, median) seconds of one forward of one preprocessed image: what no request can beat.
+def forward_floor(embedder: Embedder, image: Image.Image, repeats: int = 20) -> tuple[float, float, float]:
+    """(min, median, CPU) seconds of one forward of one preprocessed image: what no request can beat.
 
     On a shared machine the median moves with other jobs' load; the minimum is the steadier floor.
     """
@@ -132,11 +133,12 @@ def forward_floor(embedder: Embedder, image: Image.Image, repeats: int = 20) -> 
     for _ in range(3):
         embedder.embed_tensors(tensor)
     times = []
+    cpu = time.process_time()
     for _ in range(repeats):
         start = time.perf_counter()
         embedder.embed_tensors(tensor)
         times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
+    return min(times), statistics.median(times), (time.process_time() - cpu) / repeats
 
 
 async def _batching(embedder: Embedder, tensors: list[torch.Tensor], callers: int) -> list[list[object]]:
@@ -177,6 +179,27 @@ async def _batching(embedder: Embedder, tensors: list[torch.Tensor], callers: in
 # ---------------------------------------------------------------------------------------------- over HTTP
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the process ``pid`` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured_load(url: str, pid: int, photos: list[bytes], clients: int, requests: int,
+                  form: dict[str, str] | None = None) -> tuple[list[float], float, list[dict], float, float]:
+    """:func:`load`, plus the server's and this client's CPU ms per request (steadier than wall time when other
+    jobs load the machine: CPU time is what the work costs, wall time is also what it waited)."""
+    server, client = process_cpu_s(pid), own_cpu_s()
+    latencies, wall, bodies = asyncio.run(load(url, photos, clients, requests, form, warmup=0))
+    return (latencies, wall, bodies, 1000 * (process_cpu_s(pid) - server) / len(latencies),
+            1000 * (own_cpu_s() - client) / len(latencies))
+
+
 @contextmanager
 def serve(data_dir: Path, extra_env: dict[str, str | None] | None = None) -> Iterator[str]:
     """The app under uvicorn in a subprocess, on a loopback socket this process bound (no port race)."""
@@ -195,6 +218,7 @@ def serve(data_dir: Path, extra_env: dict[str, str | None] | None = None) -> Ite
                              str(sock.fileno()), "--log-level", "warning", "--no-access-log"],
                             env=env, pass_fds=[sock.fileno()])
     url = f"http://127.0.0.1:{port}"
+    serve.pid = proc.pid  # type: ignore[attr-defined]  # for process_cpu_s while it serves
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -264,17 +288,20 @@ def http_row(label: str, clients: int, latencies: list[float], wall: float, bodi
 
 
 def localise_cost(localiser: RuntimeLocaliser, photos: list[bytes], draft: int, forward_s: float,
-                  repeats: int = 20) -> list[object]:
-    """[localise ms, share of one forward, network-only ms]: ``detect`` on each photo decoded as the service does."""
+                  forward_cpu_s: float, repeats: int = 20) -> list[object]:
+    """[localise ms, share of one forward, network-only ms, localise CPU ms, CPU share of one forward's CPU]:
+    ``detect`` on each photo decoded as the service does (median over photos of the median of ``repeats``)."""
     images = [load_image(p, draft_size=draft, short_side=draft) for p in photos[:4]]
-    per_photo, net_only = [], []
+    per_photo, net_only, cpu = [], [], 0.0
     for image in images:
         localiser.detect(image)
         times = []
+        cpu_start = time.process_time()
         for _ in range(repeats):
             start = time.perf_counter()
             localiser.detect(image)
             times.append(time.perf_counter() - start)
+        cpu += time.process_time() - cpu_start
         per_photo.append(statistics.median(times))
         tensor = localiser.input_tensor(image)
         start = time.perf_counter()
@@ -282,8 +309,9 @@ def localise_cost(localiser: RuntimeLocaliser, photos: list[bytes], draft: int, 
             for _ in range(repeats):
                 localiser.network_outputs(tensor)
         net_only.append((time.perf_counter() - start) / repeats)
-    median = statistics.median(per_photo)
-    return [median * 1000, f"{median / forward_s:.2f}x", statistics.median(net_only) * 1000]
+    median, cpu_each = statistics.median(per_photo), cpu / (len(images) * repeats)
+    return [median * 1000, f"{median / forward_s:.2f}x", statistics.median(net_only) * 1000, cpu_each * 1000,
+            f"{cpu_each / forward_cpu_s:.2f}x"]
 
 
 def server_ms(bodies: list[dict], stage: str) -> float:
@@ -350,35 +378,39 @@ def main() -> None:
             embedder = embedder_for(manifest, "cpu", options)
             label = f"{embedder.runtime_name} {embedder.precision}" + (f" ({threads} thread)" if threads else "")
             torch.set_num_threads(int(os.environ.get("LOOKALIKE_TORCH_THREADS", "1")))  # as the server sets it
-            floor, floor_median = forward_floor(embedder, embedder.load(photos[0]))
-            floors[label] = (floor, floor_median)
+            floor, floor_median, floor_cpu = forward_floor(embedder, embedder.load(photos[0]))
+            floors[label] = (floor, floor_median, floor_cpu)
             tensors = [embedder.pixels(embedder.load(photos[i % len(photos)])) for i in range(64)]
             if PACKAGED_WEIGHTS.exists():
                 localise_rows.append([label, floor_median * 1000,
                                       *localise_cost(RuntimeLocaliser.load_with(PACKAGED_WEIGHTS, options), photos,
                                                      embedder.image_size * Settings().localise_draft_factor,
-                                                     floor_median)])
+                                                     floor_median, floor_cpu)])
             batch_rows += [[label, *row] for row in asyncio.run(_batching(embedder, tensors, callers=16))]
             del embedder
             with serve(data_dir, env) as url:
+                asyncio.run(load(url, photos, 1, 4))  # warm-up: the first requests pay for lazy set-up
+                pid = serve.pid  # type: ignore[attr-defined]
                 for c in clients:
-                    latencies, wall, bodies = asyncio.run(load(url, photos, c, args.requests))
-                    http_rows.append(http_row(label, c, latencies, wall, bodies, floor_median))
-                latencies, wall, bodies = asyncio.run(load(url, photos, 1, args.requests, {"localise": "false"}))
-                http_rows.append(http_row(f"{label}, localise=false", 1, latencies, wall, bodies, floor_median))
+                    *run, server_cpu, client_cpu = measured_load(url, pid, photos, c, args.requests)
+                    http_rows.append([*http_row(label, c, *run, floor_median), server_cpu, client_cpu])
+                *run, server_cpu, client_cpu = measured_load(url, pid, photos, 1, args.requests, {"localise": "false"})
+                http_rows.append([*http_row(f"{label}, localise=false", 1, *run, floor_median), server_cpu,
+                                  client_cpu])
         print("\nforward floor: one preprocessed image, batch 1, the server's threads (20 runs)")
-        print(table(["runtime", "min ms", "median ms"],
-                    [[k, v[0] * 1000, v[1] * 1000] for k, v in floors.items()]))
+        print(table(["runtime", "min ms", "median ms", "CPU ms"],
+                    [[k, v[0] * 1000, v[1] * 1000, v[2] * 1000] for k, v in floors.items()]))
         print("\nlocalisation cost: one detect on a query photo decoded at the service's localisation size "
               "(median of 20 per photo, median over photos) against one embedding forward (median)")
-        print(table(["runtime", "forward ms", "localise ms", "of a forward", "localise, net only ms"],
-                    localise_rows))
+        print(table(["runtime", "forward ms", "localise ms", "of a forward", "localise, net only ms",
+                     "CPU ms", "CPU of a forward's"], localise_rows))
         print("\nmicro-batching in process: 64 images from 16 concurrent callers")
         print(table(["runtime", "strategy", "callers", "forwards", "mean batch", "images/s"], batch_rows))
         print(f"\nPOST /search (k=10, photos {len(photos)} distinct) over 127.0.0.1, {manifest.count} images; "
               "ratio = p50 / (median forward + server search)")
         print(table(["runtime", "clients", "requests", "p50 ms", "p95 ms", "p99 ms", "QPS", "ratio",
-                     "srv decode ms", "srv localise ms", "srv embed ms", "srv search ms", "srv total ms"], http_rows))
+                     "srv decode ms", "srv localise ms", "srv embed ms", "srv search ms", "srv total ms",
+                     "srv CPU ms/req", "client CPU ms/req"], http_rows))
 
         if args.skip_keyword:
             return
