@@ -77,9 +77,9 @@ class _StaticShapes:
     longer side is fixed, so there are at most 2 x size/32 of them; compiled blobs are cached on disk)."""
 
     def __init__(self, onnx_path: Path, threads: int | None) -> None:
-        import openvino as ov
+        from models.openvino_core import openvino_core
 
-        self.core = ov.Core()
+        self.core = openvino_core()
         self.onnx_path = onnx_path
         self.threads = threads
         self.model = self.core.read_model(str(onnx_path))

@@ -119,9 +119,9 @@ def native_bf16(runtime: str, device: torch.device) -> bool:
     if runtime == "torch":
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
     if runtime == "openvino":
-        import openvino as ov
+        from models.openvino_core import openvino_core
 
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return False  # ONNX Runtime's CPU provider has no bf16 kernels for these convolutions
 
 

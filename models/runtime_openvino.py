@@ -16,6 +16,7 @@ import numpy as np
 import openvino as ov
 import torch
 
+from models.openvino_core import openvino_core
 from models.runtime import RuntimeUnavailable, unit_rows
 from models.runtime_export import INPUT_KIND
 
@@ -66,7 +67,7 @@ class OpenVINORuntime:
                  calibration: list[np.ndarray] | None = None) -> None:
         self.precision = precision
         self.device = torch.device("cpu")
-        self.core = ov.Core()
+        self.core = openvino_core()
         source = quantized_model(self.core, onnx_path, calibration) if precision == "int8" else onnx_path
         self.compiled = compile_for_cpu(self.core, source, onnx_path.parent / "openvino-cache", precision, threads)
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
