@@ -49,6 +49,7 @@ class LoadedGeneration:
         manifest = read_manifest(path)
         store: CatalogStore | None = None
         catalog: LiveCatalog | None = None
+        vectors: VectorStore | None = None
         try:
             store = CatalogStore(path / CATALOG_DB)
             catalog = LiveCatalog(path, store, manifest.count, manifest.dim)
@@ -73,9 +74,16 @@ class LoadedGeneration:
                 catalog.close()
             elif store is not None:
                 store.close()
+            if vectors is not None:
+                vectors.close()
             if isinstance(exc, GenerationError):
                 raise
             raise GenerationError(f"generation {name} cannot be opened: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close its rows (SQLite, delta) and its vector store (a Milvus connection)."""
+        self.catalog.close()
+        self.vectors.close()
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         """Embeddings (queries, delta rows) into the vector store's space: the generation's compact transform."""
@@ -151,7 +159,7 @@ class ServiceState:
                 check_compatible(name, loaded.manifest, self.embedder, loaded.catalog.store,
                                  stored_embeddings(loaded.path, loaded.vectors.vectors), self.min_cosine)
             except BaseException:
-                loaded.catalog.close()
+                loaded.close()
                 raise
             previous, self._generation = self._generation, loaded
             if previous is not None:
@@ -198,7 +206,7 @@ class ServiceState:
             due = [g for t, g in self._retired if t <= now]
             self._retired = [(t, g) for t, g in self._retired if t > now]
         for gen in due:
-            gen.catalog.close()
+            gen.close()
             log.info("closed retired generation %s", gen.name)
         return [g.name for g in due]
 
@@ -208,4 +216,4 @@ class ServiceState:
         with self._lock:
             current, self._generation = self._generation, None
         if current is not None:
-            current.catalog.close()
+            current.close()

@@ -157,7 +157,10 @@ def build_generation(catalog: Path, data_dir: Path, embedder: Embedder, options:
                     shards, dedup, rows, opts.milvus, gen_dir.name, embedder.model_id, embedder.dim,
                     use_ray=opts.engine == "ray", store_dir=gen_dir / VECTOR_STORE)
             with timer("agreement"):
-                runtime_agreement = reference_agreement(embedder, [r.image for r in rows], StoreRows(milvus_store))
+                try:
+                    runtime_agreement = reference_agreement(embedder, [r.image for r in rows], StoreRows(milvus_store))
+                finally:
+                    milvus_store.close()
             # Milvus keeps the embeddings themselves (written straight from the shards): no compact transform.
             transform, vector_dim, vector_code = CompactTransform.identity(), embedder.dim, "float32"
         else:

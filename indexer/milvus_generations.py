@@ -57,7 +57,8 @@ def point_served_alias(data_dir: Path, generation: str, target: MilvusTarget | N
     if target is None:
         raise GenerationError(f"generation {generation} keeps its vectors in Milvus; set LOOKALIKE_VECTOR_BACKEND="
                               "milvus and LOOKALIKE_MILVUS_URI")
-    point_alias(target.connect(), target.alias, manifest.milvus_collection or target.collection(generation))
+    with target.client() as client:
+        point_alias(client, target.alias, manifest.milvus_collection or target.collection(generation))
     log.info("milvus alias %s -> %s", target.alias, manifest.milvus_collection)
 
 
@@ -65,4 +66,5 @@ def drop_pruned(target: MilvusTarget | None, pruned: Sequence[str]) -> list[str]
     """Drop the collections of pruned generations (their directories are gone already)."""
     if target is None or not pruned:
         return []
-    return drop_collections(target.connect(), [target.collection(name) for name in pruned])
+    with target.client() as client:
+        return drop_collections(client, [target.collection(name) for name in pruned])

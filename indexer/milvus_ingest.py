@@ -120,11 +120,14 @@ def make_datasink(target: MilvusTarget, collection: str, work_path: str, batch_r
             store = MilvusStore.open(self.target.connect(), self.collection, model_id=None,
                                      embedded=self.target.embedded)
             written = 0
-            for block in blocks:
-                columns = BlockAccessor.for_block(block).to_numpy()
-                _upsert(store, columns, self.batch_rows)
-                written += len(columns["id"])
-                self.progress.add(columns["shard"])
+            try:
+                for block in blocks:
+                    columns = BlockAccessor.for_block(block).to_numpy()
+                    _upsert(store, columns, self.batch_rows)
+                    written += len(columns["id"])
+                    self.progress.add(columns["shard"])
+            finally:
+                store.close()
             return written
 
     sink = MilvusDatasink()

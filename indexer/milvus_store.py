@@ -23,6 +23,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -81,7 +82,17 @@ class MilvusTarget:
         return is_embedded(self.uri)
 
     def connect(self) -> Any:
+        """A new client; whoever takes it closes it (a store closes the client it was opened with)."""
         return connect(self.uri, self.token)
+
+    @contextmanager
+    def client(self) -> Iterator[Any]:
+        """A client for a few calls, closed afterwards."""
+        client = self.connect()
+        try:
+            yield client
+        finally:
+            client.close()
 
     @property
     def alias(self) -> str:
@@ -292,6 +303,12 @@ class MilvusStore(BaseVectorStore):
         if not seen.all():
             raise KeyError(f"id {int(wanted[~seen][0])} is not in Milvus collection {self.collection}")
         return found[np.searchsorted(wanted, ids)]
+
+    def close(self) -> None:
+        """Release this store's client (pymilvus counts a connection's clients and closes it with the last); a
+        replaced generation's store would otherwise keep its gRPC channel and threads for the life of the
+        service."""
+        self.client.close()
 
     # --- files ----------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:

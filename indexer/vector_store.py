@@ -135,6 +135,8 @@ class VectorStore(Protocol):
     @classmethod
     def load(cls, path: Path) -> Self: ...
 
+    def close(self) -> None: ...  # release connections and handles; the store is not used afterwards
+
 
 class BaseVectorStore(ABC):
     """Validates every call once and delegates to the backend's hooks (template method)."""
@@ -185,6 +187,10 @@ class BaseVectorStore(ABC):
         planner's cost estimate). Without a cost model a backend says yes, and the planner's
         ``exact_threshold`` alone decides; backends with one (FAISS) override it."""
         return True
+
+    def close(self) -> None:
+        """Release what the store holds beyond its Python objects (a server connection); idempotent. FAISS
+        holds nothing else: its memory goes with the object."""
 
     # --- hooks (backends) ---------------------------------------------------------------------------------
     @property

@@ -75,10 +75,16 @@ def test_milvus_generations_serve_take_changes_and_follow_rollback(tmp_path, emb
         result = CliRunner().invoke(cli, ["rollback"])
         assert result.exit_code == 0, result.output
         assert _alias_target(milvus, target.alias) == first.milvus_collection
+        replaced = state.generation
         state.maybe_reload()
         assert client.get("/readyz").json()["generation"] == first.generation
         top = client.post("/search?k=1", content=jpeg(draw_product(1, 4)), headers={"Content-Type": "image/jpeg"})
         assert top.json()["results"][0]["product_id"] == "p1"
+        # The replaced generation, once retired, lets go of its Milvus client (its gRPC channel and threads).
+        assert replaced.vectors.client._handler is not None
+        assert state.close_retired(now=float("inf")) == [second.generation]
+        assert replaced.vectors.client._handler is None
+    milvus.close()
 
 
 def test_a_collection_made_by_another_model_is_refused(tmp_path, embedder):
