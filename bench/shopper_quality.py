@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--products-from", type=Path, default=None,
                         help="a training run's split.json: query its --split products only (held out from training)")
     parser.add_argument("--split", default="test", help="which products of --products-from")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the activation-map baseline and the box-share rule (rows already measured)")
     parser.add_argument("--route-weight", type=float, default=0.1,
                         help="category routing: score + weight x p(item's category | query)")
     parser.add_argument("--seed", type=int, default=0)
@@ -174,7 +176,7 @@ def main() -> None:
     clean_images = [Image.open(p).convert("RGB") for p, _ in clean]
     clean_truth = [prod for _, prod in clean]
 
-    detectors: dict[str, Detector] = {"activation map (untrained)": ActivationLocaliser()}
+    detectors: dict[str, Detector] = {} if args.no_baseline else {"activation map (untrained)": ActivationLocaliser()}
     if args.localiser.exists():
         detectors[f"localiser {args.localiser.name}"] = Localiser.load(args.localiser)
     else:
@@ -192,9 +194,10 @@ def main() -> None:
                                         ("clean", clean_images, clean_boxes[trained_name])):
             rules[(set_name, "not on catalog-style photos")] = [
                 None if looks_like_catalog_photo(im) else b for im, b in zip(images, boxes)]
-            rules[(set_name, "not when the box covers >= 50%")] = [
-                None if b is not None and b[2] * b[3] >= 0.5 * im.width * im.height else b
-                for im, b in zip(images, boxes)]
+            if not args.no_baseline:
+                rules[(set_name, "not when the box covers >= 50%")] = [
+                    None if b is not None and b[2] * b[3] >= 0.5 * im.width * im.height else b
+                    for im, b in zip(images, boxes)]
         catalog_style = [looks_like_catalog_photo(im) for im in shop_images], \
             [looks_like_catalog_photo(im) for im in clean_images]
         print(json.dumps({"set": "rule", "catalog_style_share_shopper": round(float(np.mean(catalog_style[0])), 4),
