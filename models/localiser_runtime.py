@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
 from pathlib import Path
 
@@ -24,9 +23,8 @@ from torchvision.models.detection.image_list import ImageList
 
 from models.localiser import Localiser, LocaliserNet, _to_tensor
 from models.runtime import RuntimeOptions, resolve_runtime
-from models.runtime_export import write_onnx
+from models.runtime_export import export_if_missing
 
-log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "lookalike-localiser-onnx/1"  # bump when the exported graph changes
 HEAD_OUTPUTS = ("cls_logits", "bbox_regression", "bbox_ctrness")
@@ -60,15 +58,11 @@ def localiser_key(net: LocaliserNet) -> str:
 
 def export_localiser(net: LocaliserNet, cache_dir: Path) -> Path:
     """The cached ONNX file of ``net``'s network (fp32; batch, height and width dynamic), exported if missing."""
-    path = cache_dir / localiser_key(net) / "model.onnx"
-    if path.is_file():
-        return path
     size = net.config.image_size
-    log.info("exporting the localiser's network to ONNX at %s", path)
     axes = {"images": {0: "batch", 2: "height", 3: "width"}, **{k: {0: "batch", 1: "points"} for k in HEAD_OUTPUTS}}
-    write_onnx(LocaliserNetwork(net.eval().to("cpu")).eval(), torch.zeros(1, 3, size, size), path,
-               ["images"], list(HEAD_OUTPUTS), axes)
-    return path
+    return export_if_missing(cache_dir / localiser_key(net) / "model.onnx", "the localiser's network",
+                             lambda: LocaliserNetwork(net.eval().to("cpu")).eval(), torch.zeros(1, 3, size, size),
+                             ["images"], list(HEAD_OUTPUTS), axes)
 
 
 class _StaticShapes:

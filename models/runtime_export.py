@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,13 +58,21 @@ def export_key(model: EmbeddingNet) -> str:
 
 def export_onnx(model: EmbeddingNet, cache_dir: Path) -> Path:
     """The cached ONNX file for ``model`` (fp32, pixel input, batch dimension dynamic), exported now if missing."""
-    path = cache_dir / export_key(model) / "model.onnx"
+    size = model.config.image_size
+    return export_if_missing(cache_dir / export_key(model) / "model.onnx", model.config.backbone,
+                             lambda: PixelInputNet(model.eval().to("cpu")).eval(), torch.zeros(2, 3, size, size),
+                             [INPUT_NAME], [OUTPUT_NAME], {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+
+
+def export_if_missing(path: Path, what: str, module: Callable[[], nn.Module], example: torch.Tensor,
+                      input_names: list[str], output_names: list[str],
+                      dynamic_axes: dict[str, dict[int, str]]) -> Path:
+    """``path``, first exported from ``module()`` by :func:`write_onnx` if no file is there (``module`` is only
+    called then: building it may move the model to the CPU)."""
     if path.is_file():
         return path
-    size = model.config.image_size
-    log.info("exporting %s to ONNX at %s", model.config.backbone, path)
-    write_onnx(PixelInputNet(model.eval().to("cpu")).eval(), torch.zeros(2, 3, size, size), path,
-               [INPUT_NAME], [OUTPUT_NAME], {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    log.info("exporting %s to ONNX at %s", what, path)
+    write_onnx(module(), example, path, input_names, output_names, dynamic_axes)
     return path
 
 
