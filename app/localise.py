@@ -11,19 +11,17 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image
 
 from app.errors import ApiError
 from app.schemas import QueryBox
 from app.settings import Settings
-from models.localiser import Detection, Localiser, looks_like_catalog_photo, object_crop
+from models.localiser import PACKAGED_WEIGHTS, Detection, Localiser, looks_like_catalog_photo, object_crop
 from models.localiser_runtime import RuntimeLocaliser
 
 log = logging.getLogger(__name__)
 
-PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights" / "localiser.pt"
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 

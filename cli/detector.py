@@ -10,16 +10,15 @@ from typing import Annotated
 import typer
 
 from cli.common import fail, settings_of
+from models.localiser import PACKAGED_WEIGHTS
 
 detector_app = typer.Typer(add_completion=False)
-
-PACKAGED = Path(__file__).resolve().parents[1] / "models" / "weights" / "localiser.pt"
 
 
 @detector_app.command("train-detector")
 def train_detector(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="weights file to write")] = PACKAGED,
+    out: Annotated[Path, typer.Option(help="weights file to write")] = PACKAGED_WEIGHTS,
     cutouts_dir: Annotated[Path, typer.Option(help="where the demo cut-outs are rendered (reused)")] = Path("data/cutouts"),
     products: Annotated[int, typer.Option(help="products whose cut-outs train it (spread over the catalog)")] = 400,
     scenes: Annotated[int, typer.Option(help="distinct training composites")] = 800,

@@ -42,6 +42,8 @@ __all__ = [
 # stride 16, which keeps a localisation under half an embedding forward.
 _TAPS = {4: 40, 10: 112}
 _FORMAT = "lookalike-localiser/1"
+# The weights the service loads by default and `lookalike train-detector` writes by default.
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "localiser.pt"
 
 
 class LocaliserConfig(BaseModel):
