@@ -59,9 +59,14 @@ def row_digest(product_id: str, title: str, category: str, description: str, con
     return json.dumps([product_id, title, category, description, content_hash, json.loads(attributes)], sort_keys=True)
 
 
+def query_words(text: str) -> list[str]:
+    """The words of a keyword query, lower-cased (what ``fts_query`` and the postings both match)."""
+    return re.findall(r"\w+", text.lower())
+
+
 def fts_query(text: str) -> str:
     """Turn free text into a safe FTS5 query: every word must match (prefix match on the last one)."""
-    words = re.findall(r"\w+", text.lower())
+    words = query_words(text)
     if not words:
         return ""
     quoted = [f'"{w}"' for w in words]
@@ -99,7 +104,7 @@ def write_postings(conn: sqlite3.Connection) -> None:
 
 def plain_words(text: str) -> list[str] | None:
     """``fts_query``'s words when each is plain ASCII letters/digits (FTS5 tokenizes them to themselves), else None."""
-    words = re.findall(r"\w+", text.lower())
+    words = query_words(text)
     return words if words and all(PLAIN_WORD.fullmatch(w) for w in words) else None
 
 
