@@ -197,6 +197,12 @@ def neighbour_check(real: np.ndarray, generated: np.ndarray, queries: int = 500,
     return out
 
 
+def machine_header(bench: str) -> str:
+    """The first line of a FAISS bench's output: which machine, CPUs and FAISS the numbers come from."""
+    return (f"# {bench} on {platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"faiss {faiss.__version__}); one search thread; shared, loaded machine")
+
+
 def qps(index, queries: np.ndarray, single: int) -> tuple[float, float]:
     start = time.perf_counter()
     for q in queries[:single]:
@@ -253,8 +259,7 @@ def main() -> None:
         check_generator(args)
         return
     profile = profile_for(args.vectors, Path(args.data_dir), args.dim)
-    print(f"# ANN benchmark on {platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs,"
-          f" faiss {faiss.__version__}); one search thread; shared, loaded machine")
+    print(machine_header("ANN benchmark"))
     print(f"# vectors: {profile.source}; queries: {args.queries} fresh images of catalog products")
     for n in (int(s) for s in args.sizes.split(",")):
         base, queries = profile.generate(n, seed=n, queries=args.queries)

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.planner import Query, plan_and_search  # noqa: E402
-from bench.ann import generate  # noqa: E402
+from bench.ann import generate, machine_header  # noqa: E402
 from indexer import CatalogRow, CatalogStore  # noqa: E402
 from indexer.exact import exact_top_k  # noqa: E402
 from indexer.faiss_store import build_store  # noqa: E402
@@ -193,8 +191,7 @@ def main() -> None:
         args.exact_threshold = Settings().exact_threshold
     logging.basicConfig(level=logging.WARNING)
     if not args.json:
-        print(f"# scale bench on {platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-              f"faiss {faiss.__version__}); one search thread; shared, loaded machine")
+        print(machine_header("scale bench"))
         print("| size | kind | selectivity / candidates | index | plan | build s | MiB | recall@10 | p50 ms | p99 ms "
               "| CPU p50 ms |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
