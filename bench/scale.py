@@ -112,8 +112,7 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
     faiss.omp_set_num_threads(args.build_threads)
     start = time.perf_counter()
     targets = IndexTargets()
-    plan = choose_index(n, dim, targets=targets) if args.index == "auto" else choose_index(
-        n, dim, targets=targets, force=args.index)
+    plan = choose_index(n, dim, targets=targets, force=None if args.index == "auto" else args.index)
     store, report = build_store(vectors, plan, target=targets.recall)
     build_s = time.perf_counter() - start
     faiss.omp_set_num_threads(1)
