@@ -37,6 +37,7 @@ from indexer.index_choice import (
 )
 from indexer.milvus_generations import build_milvus_store, drop_pruned, point_served_alias
 from indexer.milvus_store import MilvusTarget
+from indexer.runtime_check import spread_ids
 from indexer.shards import DEFAULT_SHARD_SIZE, ShardSet
 from indexer.catalog_store import create_store
 from indexer.vector_index import gpu_available
@@ -93,7 +94,7 @@ def reference_agreement(embedder: Embedder, paths: Sequence[Path], vectors: np.n
     reference = embedder.reference()
     if reference is embedder or not paths:
         return None
-    rows = np.unique(np.linspace(0, len(paths) - 1, num=min(sample, len(paths)), dtype=np.int64))
+    rows = spread_ids(len(paths), sample)
     found = agreement(np.asarray(vectors[rows]), embed_paths(reference, [paths[i] for i in rows]))
     log.info("%s %s vs torch fp32 on %d catalog images: mean cosine %.5f, min %.5f", embedder.runtime_name,
              embedder.precision, found.count, found.mean, found.min)

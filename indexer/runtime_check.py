@@ -43,12 +43,17 @@ def stored_embeddings(generation_dir: Path, live: StoredVectors) -> StoredVector
     return read
 
 
+def spread_ids(count: int, sample: int) -> np.ndarray:
+    """Up to ``sample`` distinct ids spread evenly over ``0..count-1`` (first and last included)."""
+    if not count:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, count - 1, num=min(sample, count), dtype=np.int64))
+
+
 def sample_agreement(embedder: Embedder, store: CatalogStore, vectors: StoredVectors,
                      sample: int = SAMPLE_SIZE) -> Agreement:
     """Re-embed up to ``sample`` of the generation's images (spread over its ids) and compare with ``vectors``."""
-    count = store.count
-    ids = np.unique(np.linspace(0, count - 1, num=min(sample, count), dtype=np.int64)) if count else np.zeros(0, int)
-    ids, stored = _stored(vectors, ids)
+    ids, stored = _stored(vectors, spread_ids(store.count, sample))
     items = store.by_ids(ids.tolist())
     try:
         ours = embed_paths(embedder, [Path(items[int(i)].image) for i in ids])
