@@ -48,7 +48,7 @@ MIN_POINTS_PER_LIST = 39        # FAISS k-means warns below this many training p
 # machine, faiss 1.15): float32 0.39, fp16 0.19, 8-bit 0.19-0.25. Scans are memory-bound: bytes decide.
 SCAN_NS = {"float32": 0.39, "fp16": 0.2, "sq8": 0.2}
 CODE_BYTES = {"float32": 4, "fp16": 2, "sq8": 1}
-REFINE_CODEC = {"float32": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}
+FLAT_FACTORY = {"float32": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}  # factory of each code: alone, or as Refine(...)
 DEFAULT_CODE = "sq8"  # the flat codes by default (bench/demo_quality.py --compact: R@1 as float32 at 1/4 the bytes)
 
 
@@ -167,8 +167,7 @@ def choose_index(count: int, dim: int, *, targets: IndexTargets = IndexTargets()
     for code in codes[codes.index(targets.code):]:  # the targets' code first; smaller ones when the budget asks
         flat = estimate_memory("flat", count, dim, code=code)
         if (force == "flat" or (force is None and targets.flat_fits(count, dim, code))) and flat <= budget:
-            factory = {"float32": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}[code]
-            return IndexChoice(IndexSpec(factory), "flat", flat, f"exact scan of {count} {code} vectors: "
+            return IndexChoice(IndexSpec(FLAT_FACTORY[code]), "flat", flat, f"exact scan of {count} {code} vectors: "
                              f"~{flat_latency_ms(count, dim, code):.1f} ms, {_gb(flat)}", code)
         if force == "flat":
             continue
@@ -179,7 +178,7 @@ def choose_index(count: int, dim: int, *, targets: IndexTargets = IndexTargets()
         if kind == "ivf_flat":
             return IndexChoice(IndexSpec(f"{prefix},Flat", nprobe), kind, need, "forced IVF-Flat", code, train)
         m = pq_size(dim)
-        return IndexChoice(IndexSpec(f"{prefix},PQ{m}x4fs,Refine({REFINE_CODEC[code]})", nprobe), kind, need,
+        return IndexChoice(IndexSpec(f"{prefix},PQ{m}x4fs,Refine({FLAT_FACTORY[code]})", nprobe), kind, need,
                          f"exact scan of {count} vectors would take ~{flat_latency_ms(count, dim, code):.0f} ms > "
                          f"{targets.latency_ms:g} ms: IVF{nlist} + PQ{m}x4fs codes re-ranked by {code} vectors, "
                          f"{_gb(need)} within {_gb(budget)}", code, train)
