@@ -35,12 +35,6 @@ class CategoryProbe:
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def predict(self, vectors: np.ndarray) -> list[tuple[str, float]]:
-        """The most likely category of each embedding and its probability."""
-        probs = self.probabilities(vectors)
-        best = probs.argmax(axis=1)
-        return [(self.categories[i], float(probs[n, i])) for n, i in enumerate(best)]
-
     def routing_columns(self, item_categories: Sequence[str]) -> np.ndarray:
         """(M, C) one-hot of each item's category (zeros for a category the probe does not know)."""
         index = {name: i for i, name in enumerate(self.categories)}
@@ -49,11 +43,6 @@ class CategoryProbe:
             if name in index:
                 onehot[row, index[name]] = 1.0
         return onehot
-
-    def routed_scores(self, query_vectors: np.ndarray, scores: np.ndarray, item_categories: Sequence[str],
-                      weight: float) -> np.ndarray:
-        """``scores`` (N x M similarities) plus ``weight`` x p(each item's category | query)."""
-        return scores + weight * self.probabilities(query_vectors) @ self.routing_columns(item_categories).T
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
