@@ -100,10 +100,8 @@ class Lookalike(Engine):
         from indexer.faiss_store import build_store
         from indexer.index_choice import choose_index
 
-        np.save(work_dir / "vectors.npy", vectors)
         self.plan = choose_index(*vectors.shape)
-        store, self.report = build_store(np.load(work_dir / "vectors.npy", mmap_mode="r"), self.plan)
-        (work_dir / "vectors.npy").unlink()
+        store, self.report = build_store(vectors, self.plan)
         return store
 
     def search(self, query: np.ndarray, k: int, work: Workload, setting: object) -> np.ndarray:
