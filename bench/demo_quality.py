@@ -29,6 +29,7 @@ from indexer import CatalogStore, current_generation, read_catalog, read_manifes
 from indexer.generations import CATALOG_DB, VECTORS
 from indexer.generations import generations_dir
 from indexer.extract import extract_embeddings
+from indexer.index_choice import CODE_BYTES
 from models import Embedder, ModelConfig, build_model
 
 
@@ -67,7 +68,6 @@ def served_vectors(data_dir: Path, model_id: str, rows: list) -> np.ndarray | No
 
 
 COMPACT_DIMS = (None, 512, 256, 128, 64)
-CODES = ("float32", "fp16", "sq8")
 
 
 def coded(vectors: np.ndarray, code: str) -> np.ndarray:
@@ -92,9 +92,9 @@ def compact_table(gallery: np.ndarray, gallery_products: list[str], query: np.nd
         for whiten in (False, True) if dim else (False,):
             transform = CompactTransform.fit(gallery, dim, whiten=whiten)
             g, q = transform.apply(gallery), transform.apply(query)
-            for code in CODES:
+            for code in CODE_BYTES:
                 recall = product_recall(q, query_products, coded(g, code), gallery_products, (1, 5))
-                size = g.shape[1] * {"float32": 4, "fp16": 2, "sq8": 1}[code]
+                size = g.shape[1] * CODE_BYTES[code]
                 label = f"{transform.describe()} ({g.shape[1]}-d)"
                 print(f"{label:<22} {code:<8} {size:>12} {recall[1]:>6.3f} {recall[5]:>6.3f}", flush=True)
 
