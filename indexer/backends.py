@@ -11,8 +11,8 @@ import numpy as np
 
 from indexer.generations import INDEX, VECTOR_STORE, VECTORS
 from indexer.faiss_store import FaissCpuStore, FaissGpuStore, build_flat
-from indexer.generations import GenerationError, Manifest
-from indexer.milvus_store import MilvusStore, MilvusTarget, RowInfo
+from indexer.generations import Manifest
+from indexer.milvus_store import MilvusStore, MilvusTarget, RowInfo, require_target
 from indexer.vector_index import IndexSpec, VectorIndex, gpu_available
 from indexer.vector_store import VectorStore
 
@@ -27,9 +27,7 @@ def open_vector_store(generation_dir: Path, manifest: Manifest, *, use_gpu: bool
     by building the flat store from their vectors.
     """
     if manifest.vector_backend == "milvus":
-        if milvus is None:
-            raise GenerationError(f"generation {manifest.generation} keeps its vectors in Milvus; set "
-                                  "LOOKALIKE_VECTOR_BACKEND=milvus and LOOKALIKE_MILVUS_URI")
+        milvus = require_target(milvus, manifest.generation)
         return MilvusStore.open(milvus.connect(), manifest.milvus_collection or milvus.collection(manifest.generation),
                                 model_id=manifest.model_id, embedded=milvus.embedded, row_info=row_info)
     store_class = FaissGpuStore if use_gpu and gpu_available() else FaissCpuStore

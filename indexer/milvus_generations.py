@@ -17,7 +17,7 @@ from indexer.extract import DedupMap
 from indexer.generations import GenerationError, generations_dir, read_manifest
 from indexer.index_choice import IndexReport
 from indexer.milvus_ingest import RowTable, write_shards, write_shards_ray
-from indexer.milvus_store import MilvusStore, MilvusTarget, drop_collections, point_alias
+from indexer.milvus_store import MilvusStore, MilvusTarget, drop_collections, point_alias, require_target
 from indexer.shards import ShardSet
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,7 @@ def point_served_alias(data_dir: Path, generation: str, target: MilvusTarget | N
     manifest = read_manifest(generations_dir(data_dir) / generation)
     if manifest.vector_backend != BACKEND:
         return
-    if target is None:
-        raise GenerationError(f"generation {generation} keeps its vectors in Milvus; set LOOKALIKE_VECTOR_BACKEND="
-                              "milvus and LOOKALIKE_MILVUS_URI")
+    target = require_target(target, generation)
     with target.client() as client:
         point_alias(client, target.alias, manifest.milvus_collection or target.collection(generation))
     log.info("milvus alias %s -> %s", target.alias, manifest.milvus_collection)

@@ -102,6 +102,14 @@ class MilvusTarget:
         return collection_name(self.prefix, generation)
 
 
+def require_target(target: MilvusTarget | None, generation: str) -> MilvusTarget:
+    """``target``, or GenerationError when a generation that keeps its vectors in Milvus meets no Milvus setting."""
+    if target is None:
+        raise GenerationError(f"generation {generation} keeps its vectors in Milvus; set "
+                              "LOOKALIKE_VECTOR_BACKEND=milvus and LOOKALIKE_MILVUS_URI")
+    return target
+
+
 def collection_name(prefix: str, generation: str) -> str:
     """``gen-000007`` -> ``<prefix>_gen_000007`` (Milvus names take letters, digits and underscores)."""
     return f"{prefix}_{generation.replace('-', '_')}"
