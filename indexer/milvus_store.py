@@ -247,9 +247,8 @@ class MilvusStore(BaseVectorStore):
         gather = allowed is not None and len(allowed) <= GATHER_LIMIT and (
             (params.exact and not self.embedded) or limit > MAX_TOPK and not self.embedded)
         if gather:
-            ids = allowed.ids
-            found = self._existing(ids)
-            return exact_top_k(self._vectors(found), queries, k, found)
+            found, vectors = self._rows(allowed.ids)
+            return exact_top_k(vectors, queries, k, found)
         if limit > MAX_TOPK and not self.embedded:
             raise ValueError(f"Milvus returns at most {MAX_TOPK} results per query; asked for {limit}")
         expression = "" if allowed is None else id_expression(allowed.ids)
@@ -300,7 +299,8 @@ class MilvusStore(BaseVectorStore):
             self._count -= len(present)
             return len(present)
 
-    def _vectors(self, ids: np.ndarray) -> np.ndarray:
+    def _rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which of ``ids`` the collection holds, sorted and distinct; their vectors), in one read per chunk."""
         wanted = np.unique(ids)
         found = np.empty((len(wanted), self.dim), dtype=np.float32)
         seen = np.zeros(len(wanted), dtype=bool)
@@ -308,9 +308,14 @@ class MilvusStore(BaseVectorStore):
             for row in self.client.query(self.collection, filter=id_expression(chunk), output_fields=["vector"]):
                 n = int(np.searchsorted(wanted, int(row["id"])))
                 found[n], seen[n] = np.asarray(row["vector"], dtype=np.float32), True
-        if not seen.all():
-            raise KeyError(f"id {int(wanted[~seen][0])} is not in Milvus collection {self.collection}")
-        return found[np.searchsorted(wanted, ids)]
+        return wanted[seen], found[seen]
+
+    def _vectors(self, ids: np.ndarray) -> np.ndarray:
+        present, vectors = self._rows(ids)
+        missing = np.setdiff1d(ids, present)
+        if len(missing):
+            raise KeyError(f"id {int(missing[0])} is not in Milvus collection {self.collection}")
+        return vectors[np.searchsorted(present, ids)]
 
     def close(self) -> None:
         """Release this store's client (pymilvus counts a connection's clients and closes it with the last); a
