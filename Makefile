@@ -15,8 +15,9 @@ $(BIN)/python:
 
 # pip takes torch/torchvision from the machine's wheel cache when it has them (see README); the ray extra lets
 # the tests run the Ray Data engine on a local Ray, the milvus extra the vector-store contract on milvus-lite.
+# The venv takes about 7 GB (torch's CUDA build); --no-cache-dir keeps pip from keeping a second copy of downloads.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[test,ray,milvus,train,onnxruntime,int8,codec]'
+	$(BIN)/pip install --no-cache-dir -e '.[test,ray,milvus,train,onnxruntime,int8,codec]'
 	touch $@
 
 install: $(VENV)/.installed
