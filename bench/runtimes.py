@@ -19,13 +19,13 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import timed  # noqa: E402
 from bench.demo_quality import product_recall  # noqa: E402
 from indexer import current_generation, read_catalog, read_manifest  # noqa: E402
 from indexer.extract import extract_embeddings  # noqa: E402
@@ -33,15 +33,6 @@ from indexer.generations import MANIFEST, generations_dir  # noqa: E402
 from models.atomic import write_json_atomic  # noqa: E402
 from models import Embedder, ModelConfig, RuntimeOptions, RuntimeUnavailable, build_model  # noqa: E402
 from models.agreement import agreement  # noqa: E402
-
-
-def timed(fn, batch: torch.Tensor, rounds: int) -> list[float]:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn(batch)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -93,9 +84,9 @@ def main() -> None:
     for _ in range(args.rounds):  # interleaved rounds: other jobs' load falls on every runtime alike
         for label, (single, full) in embedders.items():
             torch.set_num_threads(1)
-            latency[label] += timed(single.embed_tensors, one, 3)
+            latency[label] += timed(single.embed_tensors, one, rounds=3)[0]
             torch.set_num_threads(cores)
-            rate[label] += [len(many) / t for t in timed(full.embed_tensors, many, 1)]
+            rate[label] += [len(many) / t for t in timed(full.embed_tensors, many, rounds=1)[0]]
 
     torch.set_num_threads(cores)
     reference_gallery = None

@@ -46,14 +46,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from app.batching import MicroBatcher
-from app.localise import PACKAGED_WEIGHTS
-from app.serving import embedder_for
-from app.settings import Settings
-from indexer import build_generation, current_generation, read_manifest
-from indexer.generations import generations_dir
-from models import Embedder, RuntimeOptions, load_image
-from models.localiser_runtime import RuntimeLocaliser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.batching import MicroBatcher  # noqa: E402
+from app.localise import PACKAGED_WEIGHTS  # noqa: E402
+from app.serving import embedder_for  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from bench._common import timed, wait_ready  # noqa: E402
+from indexer import build_generation, current_generation, read_manifest  # noqa: E402
+from indexer.generations import generations_dir  # noqa: E402
+from models import Embedder, RuntimeOptions, load_image  # noqa: E402
+from models.localiser_runtime import RuntimeLocaliser  # noqa: E402
 
 COLOURS = [(200, 30, 30), (30, 160, 40), (30, 60, 200), (220, 180, 20), (150, 40, 170), (20, 170, 170), (90, 90, 90)]
 
@@ -132,13 +135,8 @@ def forward_floor(embedder: Embedder, image: Image.Image, repeats: int = 20) -> 
     tensor = embedder.pixels(image)[None]
     for _ in range(3):
         embedder.embed_tensors(tensor)
-    times = []
-    cpu = time.process_time()
-    for _ in range(repeats):
-        start = time.perf_counter()
-        embedder.embed_tensors(tensor)
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times), (time.process_time() - cpu) / repeats
+    times, cpu = timed(embedder.embed_tensors, tensor, rounds=repeats)
+    return min(times), statistics.median(times), cpu
 
 
 async def _batching(embedder: Embedder, tensors: list[torch.Tensor], callers: int) -> list[list[object]]:
@@ -220,18 +218,7 @@ def serve(data_dir: Path, extra_env: dict[str, str | None] | None = None) -> Ite
     url = f"http://127.0.0.1:{port}"
     serve.pid = proc.pid  # type: ignore[attr-defined]  # for process_cpu_s while it serves
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.2)
+        wait_ready(url, proc, timeout_s=300)
         yield url
     finally:
         proc.terminate()
@@ -295,13 +282,8 @@ def localise_cost(localiser: RuntimeLocaliser, photos: list[bytes], draft: int, 
     per_photo, net_only, cpu = [], [], 0.0
     for image in images:
         localiser.detect(image)
-        times = []
-        cpu_start = time.process_time()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            localiser.detect(image)
-            times.append(time.perf_counter() - start)
-        cpu += time.process_time() - cpu_start
+        times, cpu_each_call = timed(localiser.detect, image, rounds=repeats)
+        cpu += cpu_each_call * repeats
         per_photo.append(statistics.median(times))
         tensor = localiser.input_tensor(image)
         start = time.perf_counter()

@@ -32,6 +32,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._common import wait_ready  # noqa: E402
+
 ADMIN_KEY = "soak-admin"
 
 
@@ -156,16 +160,10 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port",
                                    str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                   stderr=open(work / "server.log", "wb"))  # noqa: SIM115
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not start: " + (work / "server.log").read_text()[-2000:])
-            time.sleep(0.2)
+        try:
+            wait_ready(url, server, timeout_s=300, describe=lambda: (work / "server.log").read_text()[-2000:])
+        except RuntimeError as error:
+            raise SystemExit(str(error)) from None
         warm = Recorder()
         worker_stop = threading.Event()
         warm_thread = threading.Thread(target=worker, args=(url, 0, worker_stop, args.products, warm))

@@ -20,7 +20,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench._common import wait_ready
 from tests.app.test_search_api import jpeg
 from tests.conftest import draw_product
 
@@ -75,16 +75,10 @@ def server(built_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                                     str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     live = LiveServer(process, f"http://127.0.0.1:{port}", log)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not become ready"
-            try:
-                if httpx.get(live.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        try:
+            wait_ready(live.url, process, timeout_s=180, describe=lambda: log.read_text()[-3000:])
+        except RuntimeError as error:
+            pytest.fail(str(error))
         yield live
     finally:
         process.terminate()
