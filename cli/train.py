@@ -174,15 +174,15 @@ def _served_model(ctx: typer.Context) -> Any:
 
 
 def _compare_with_served(checkpoint: Path, served: Any, samples: list, split_name: str, products: int, workers: int,
-                         device: str, trained: Any = None) -> dict[str, Any]:
+                         device: str, trained: Any = None, batch_size: int = 64) -> dict[str, Any]:
     """Score the checkpoint and the served model on the same held-out samples and record it beside the checkpoint."""
     from models.checkpoint import load_checkpoint, model_fingerprint
     from models.comparison import record_comparison
     from training.train import evaluate
 
     trained = trained if trained is not None else load_checkpoint(checkpoint)
-    trained_metrics = evaluate(trained, samples, 64, device, workers)
-    served_metrics = evaluate(served, samples, 64, device, workers)
+    trained_metrics = evaluate(trained, samples, batch_size, device, workers)
+    served_metrics = evaluate(served, samples, batch_size, device, workers)
     return record_comparison(checkpoint, model_fingerprint(trained), trained_metrics, served_metrics,
                              model_fingerprint(served), products, split_name) | {
         "served_size": served.config.image_size, "trained_size": trained.config.image_size}
@@ -278,7 +278,8 @@ def eval_command(
             served = _served_model(ctx)
             if split_name == "test":
                 comparison = _compare_with_served(checkpoint, served, chosen, split_name,
-                                                  len(split.products(split_name)), workers, device, trained)
+                                                  len(split.products(split_name)), workers, device, trained,
+                                                  batch_size)
                 rows.append((f"trained ({checkpoint})", comparison["trained"]))
                 rows.append((f"served ({served.config.image_size}px)", comparison["served"]))
             else:
