@@ -36,7 +36,7 @@ def load_query_localiser(settings: Settings) -> Localiser | None:
     # The network runs in the embedder's engine (OpenVINO here; fp32 whatever the embedding precision), its box
     # decoding and NMS in PyTorch (models.localiser_runtime); runtime torch keeps the eager localiser.
     localiser = RuntimeLocaliser.load_with(path, settings.runtime_options())
-    localiser.detect(Image.new("RGB", (localiser.config.image_size,) * 2, (128, 128, 128)))  # warm-up
+    localiser.warm_up(every_shape=settings.localiser_warm_shapes)
     return localiser
 
 

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     localiser_min_score: float = Field(default=0.3, ge=0, le=1, description="detections below this score are "
                                        "ignored; with none left the whole photo is searched")
     crop_margin: float = Field(default=0.1, ge=0, le=1, description="context kept around a box on each side")
+    localiser_warm_shapes: bool = Field(default=True, description="compile the localiser for every photo shape "
+                                        "at start-up (OpenVINO), so no query pays a compile (~1 s cold)")
     localise_draft_factor: int = Field(default=3, ge=1, le=16, description="decode photos at this multiple of the "
                                        "embedding size, so that a crop keeps detail")
     category_routing: bool = Field(default=False, description="predict a photo query's category (a linear probe "

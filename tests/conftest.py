@@ -96,13 +96,17 @@ def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One export cache for the whole run (services in tests default to LOOKALIKE_RUNTIME=auto, i.e. OpenVINO):
     each model is exported once, not once per test data dir."""
     path = tmp_path_factory.mktemp("runtime-cache")
-    previous = os.environ.get("LOOKALIKE_RUNTIME_CACHE_DIR")
-    os.environ["LOOKALIKE_RUNTIME_CACHE_DIR"] = str(path)
+    # Services in tests compile the localiser for the shapes they meet, not all nine at each start
+    # (tests/models/test_localiser_runtime.py checks the warm-up itself).
+    env = {"LOOKALIKE_RUNTIME_CACHE_DIR": str(path), "LOOKALIKE_LOCALISER_WARM_SHAPES": "false"}
+    previous = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     yield path
-    if previous is None:
-        os.environ.pop("LOOKALIKE_RUNTIME_CACHE_DIR", None)
-    else:
-        os.environ["LOOKALIKE_RUNTIME_CACHE_DIR"] = previous
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def product_cutout(product: int, variant: int, size: int = 160) -> Image.Image:

@@ -70,3 +70,18 @@ def test_runtime_torch_is_the_eager_localiser(tiny_localiser_path, photos):
     engine = RuntimeLocaliser(net, RuntimeOptions(runtime="torch"))
     assert engine.runtime_name == "torch"
     assert engine.detect(photos[0]) == Localiser(net).detect(photos[0])
+
+
+def test_warm_up_compiles_every_shape_a_photo_can_have(tiny_localiser_path, tmp_path):
+    engine = RuntimeLocaliser(load_localiser(tiny_localiser_path),
+                              RuntimeOptions(runtime="openvino", threads=1, cache_dir=tmp_path))
+    size = engine.config.image_size
+    shapes = engine.padded_shapes()
+    assert (1, 3, size, size) in shapes and len(shapes) == 2 * (size // 32) - 1
+    engine.warm_up()
+    assert sorted(engine._static.shapes) == shapes
+    rng = np.random.default_rng(5)
+    for _ in range(12):  # any photo, however odd its aspect, meets a shape compiled at start-up
+        w, h = (int(v) for v in rng.integers(1, 900, size=2))
+        engine.detect(Image.new("RGB", (w, h), (120, 90, 60)))
+    assert sorted(engine._static.shapes) == shapes
