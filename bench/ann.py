@@ -4,11 +4,12 @@ For each size, every index kind the chooser can pick (exact Flat, IVF-PQ fast-sc
 time (train + add + nprobe tuning), memory, single-query and batched QPS, recall@10 against exact search.
 
 Vectors come from a generator with the neighbour structure of real embeddings (``NeighbourProfile``): fitted on
-real ones (``--vectors PATH`` or the served generation under data/, with its product ids), it draws new
-products from the spread of the real product centres (principal axes and scales) and a few images per product
-from the real spread of images around their product; queries are fresh images of catalog products. Without
-real embeddings, a power-law spectrum of dimension ``--dim``. ``--check`` compares real and generated vectors
-(top-1/top-10 gap, IVF recall at fixed nprobe), beside the old generator (a real vector plus isotropic noise).
+real ones (``--vectors PATH`` or the served generation under data/, with its product ids), it draws new product
+centres from an adaptive kernel density over the real product centres (bandwidth fitted so generated centres
+have the real nearest-centre distances) and each product's images from a real product's images around their
+centre, turned within their own span; queries are fresh images of catalog products. Without real embeddings, a
+power-law spectrum of dimension ``--dim``. ``--check`` compares real and generated vectors (top-1/top-10 gap,
+IVF recall at fixed nprobe) at the real sample's size and larger, beside the old generators.
 
     .venv/bin/python bench/ann.py --sizes 100000,1000000
     .venv/bin/python bench/ann.py --check
@@ -23,7 +24,7 @@ import platform
 import sqlite3
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -51,8 +52,17 @@ def mixture(n: int, centres: np.ndarray, noise: float, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NeighbourProfile:
-    """How a catalog's embeddings are spread, measured on real ones: the spread of product centres (principal
-    axes and scales), the spread of a product's images around its centre, and images per product."""
+    """How a catalog's embeddings are spread, measured on real ones, and a generator of more like them.
+
+    Fitted on real embeddings with product ids (``fit``), it is a hierarchical model: a new product's centre is a
+    real product centre moved by a Gaussian kernel shaped like the centres' own covariance (a smoothed bootstrap
+    with variance correction, so the centres' mean and covariance are kept). The kernel is adaptive: its scale at
+    each real centre is proportional to that centre's distance to its nearest real centre (tight families of
+    near-identical products stay tight, isolated products spread), times one ``bandwidth`` chosen so that as many
+    generated centres as real ones have the real centres' median nearest-centre distance. Its images are the images of a random real product ("donor") around
+    their own centre, turned by a random rotation within their own span (same scatter matrix, so the same spread
+    and directions of spread, but new images). Without real embeddings (``synthetic``), centres are Gaussian with
+    a power-law spectrum and images Gaussian around them."""
 
     mean: np.ndarray           # (d,)
     centre_axes: np.ndarray    # (r, d)
@@ -61,29 +71,37 @@ class NeighbourProfile:
     image_scales: np.ndarray   # (r2,)
     images_per_product: float
     source: str
-    product_spread: np.ndarray | None = None  # each real product's image spread over the mean (None: all alike)
+    centres: np.ndarray | None = None          # (P, d) real product centres (None: Gaussian centres)
+    bandwidth: float = 0.0                     # kernel scale, in units of the centres' own spread
+    donors: tuple[np.ndarray, ...] = ()        # per image count m: (products, m, d) real residuals
+    local: np.ndarray | None = None            # (P,) each centre's kernel scale: its nearest-centre distance / median
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, products: np.ndarray | None = None, source: str = "real") -> NeighbourProfile:
+    def fit(cls, vectors: np.ndarray, products: np.ndarray | None = None, source: str = "real",
+            seed: int = 0) -> NeighbourProfile:
         """Fit on real embeddings; without product ids, each image's 5 nearest neighbours stand in for its product."""
         x = np.asarray(vectors, dtype=np.float32)
         if products is None:
             _, near = exact_top_k(x, x, 5)
             products = near.min(axis=1)  # images sharing their smallest near id form a pseudo-product
         names, index = np.unique(np.asarray(products), return_inverse=True)
+        counts = np.bincount(index, minlength=len(names))
         centres = np.zeros((len(names), x.shape[1]), dtype=np.float64)
         np.add.at(centres, index, x)
-        centres /= np.bincount(index, minlength=len(names))[:, None]
+        centres /= counts[:, None]
         mean = centres.mean(axis=0)
         c_axes, c_scales = _principal(centres - mean)
         residual = x - centres[index]
         i_axes, i_scales = _principal(residual)
-        # Products differ in how alike their images are (near-duplicate shots vs different views): keep the
-        # real distribution of each product's spread, not one Gaussian for all.
-        per_product = np.sqrt(np.bincount(index, (residual ** 2).sum(axis=1)) / np.bincount(index))
-        spread = (per_product / np.sqrt((residual ** 2).sum(axis=1).mean())).astype(np.float32)
-        return cls(mean.astype(np.float32), c_axes, c_scales, i_axes, i_scales, len(x) / len(names), source,
-                   spread[np.bincount(index) > 1])
+        order = np.argsort(index, kind="stable")
+        groups = np.split(residual[order], np.cumsum(counts)[:-1])
+        donors = tuple(np.stack([g for g in groups if len(g) == m]).astype(np.float32)
+                       for m in np.unique(counts))
+        profile = cls(mean.astype(np.float32), c_axes, c_scales, i_axes, i_scales, len(x) / len(names), source,
+                      centres.astype(np.float32), 0.0, donors)
+        nearest = _nearest_distance(centres)
+        profile = replace(profile, local=(nearest / np.median(nearest)).astype(np.float32))
+        return replace(profile, bandwidth=profile.fit_bandwidth(seed))
 
     @classmethod
     def synthetic(cls, dim: int, seed: int = 1338) -> NeighbourProfile:
@@ -95,33 +113,106 @@ class NeighbourProfile:
         mean *= 0.6 / np.linalg.norm(mean)
         return cls(mean, axes, scales, axes, scales * 0.35, 4.0, f"synthetic power-law spectrum, dim {dim}")
 
+    def fit_bandwidth(self, seed: int = 0, steps: int = 16) -> float:
+        """The kernel bandwidth at which as many generated centres as there are real ones have the real centres'
+        median nearest-centre distance (bisection: the distance grows with the bandwidth)."""
+        assert self.centres is not None
+        target = float(np.median(_nearest_distance(self.centres)))
+        low, high = 0.0, 4.0
+        for _ in range(steps):
+            mid = (low + high) / 2
+            drawn = self._centres(len(self.centres), np.random.default_rng(seed), mid)
+            low, high = (mid, high) if np.median(_nearest_distance(drawn)) < target else (low, mid)
+        return (low + high) / 2
+
+    def _centres(self, count: int, rng: np.random.Generator, bandwidth: float | None = None) -> np.ndarray:
+        """``count`` new product centres (float32)."""
+        noise = (rng.standard_normal((count, len(self.centre_scales)), dtype=np.float32) * self.centre_scales
+                 ) @ self.centre_axes
+        if self.centres is None:
+            return self.mean + noise
+        which = rng.integers(0, len(self.centres), count)
+        h = (self.bandwidth if bandwidth is None else bandwidth) * (
+            self.local[which, None] if self.local is not None else 1.0)
+        return self.mean + (self.centres[which] - self.mean + h * noise) / np.sqrt(1 + h * h)
+
+    def _images(self, centres: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """Each centre's images (unit vectors): a random donor's real residuals turned within their own span, or
+        Gaussian ones for the synthetic profile."""
+        if not self.donors:
+            count = rng.poisson(self.images_per_product - 1, len(centres)) + 1
+            images = np.repeat(centres, count, axis=0)
+            images += (rng.standard_normal((len(images), len(self.image_scales)), dtype=np.float32)
+                       * self.image_scales) @ self.image_axes
+            return np.split(_unit(images), np.cumsum(count)[:-1])
+        sizes = np.array([len(d) for d in self.donors], dtype=np.float64)
+        kind = rng.choice(len(self.donors), len(centres), p=sizes / sizes.sum())
+        out: list[np.ndarray] = [np.empty(0)] * len(centres)
+        for which, donors in enumerate(self.donors):
+            mine = np.flatnonzero(kind == which)
+            residual = donors[rng.integers(0, len(donors), len(mine))]
+            residual = _rotate_within_span(residual, rng)
+            images = _unit((centres[mine][:, None, :] + residual).reshape(-1, centres.shape[1]))
+            for j, block in zip(mine, images.reshape(len(mine), donors.shape[1], -1)):
+                out[j] = block
+        return out
+
     def generate(self, n: int, seed: int, queries: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` catalog images of about n/images_per_product new products, and ``queries`` fresh images of
-        random catalog products (a shopper's photo of a product the shop sells); unit vectors."""
+        """``n`` catalog images of new products (the last one cut short to make ``n``), and ``queries`` fresh
+        images of random catalog products (a shopper's photo of a product the shop sells); unit vectors."""
         rng = np.random.default_rng(seed)
-        products = max(1, round(n / self.images_per_product))
-        product_of = np.sort(rng.integers(0, products, n))
         out = np.empty((n, len(self.mean)), dtype=np.float32)
-        query_products = rng.integers(0, products, queries)
-        spread = (np.ones(products, np.float32) if self.product_spread is None or not len(self.product_spread)
-                  else rng.choice(self.product_spread, products).astype(np.float32))
         query_out = np.empty((queries, len(self.mean)), dtype=np.float32)
-        block = 50_000
-        for first in range(0, products, block):  # product centres in blocks: bounded memory at any n
-            last = min(products, first + block)
-            centres = self.mean + (rng.standard_normal((last - first, len(self.centre_scales)), dtype=np.float32)
-                                   * self.centre_scales) @ self.centre_axes
-            lo, hi = np.searchsorted(product_of, [first, last])
-            out[lo:hi] = self._image(centres[product_of[lo:hi] - first], rng, spread[product_of[lo:hi]])
-            mine = (query_products >= first) & (query_products < last)
-            query_out[mine] = self._image(centres[query_products[mine] - first], rng, spread[query_products[mine]])
+        # Each query belongs to the product that holds catalog row query_rows[i] (rows are shuffled below).
+        query_rows = np.sort(rng.integers(0, n, queries))
+        filled, asked = 0, 0
+        while filled < n:  # products in blocks: bounded memory at any n
+            centres = self._centres(min(50_000, int((n - filled) / self.images_per_product) + 64), rng)
+            images = self._images(centres, rng)
+            sizes = np.array([len(i) for i in images])
+            ends = filled + np.cumsum(sizes)
+            last = min(len(images), int(np.searchsorted(ends, n)) + 1)
+            rows = np.concatenate(images[:last])[:n - filled]
+            out[filled:filled + len(rows)] = rows
+            mine = query_rows[(query_rows >= filled) & (query_rows < filled + len(rows))]
+            if len(mine):
+                owner = np.searchsorted(ends[:last], mine, side="right")
+                fresh = self._images(centres[owner], rng)
+                query_out[asked:asked + len(mine)] = np.stack([f[0] for f in fresh])
+                asked += len(mine)
+            filled += len(rows)
         shuffle = rng.permutation(n)  # ids do not follow products
         return out[shuffle], query_out
 
-    def _image(self, centres: np.ndarray, rng: np.random.Generator, spread: np.ndarray) -> np.ndarray:
-        x = centres + spread[:, None] * ((rng.standard_normal((len(centres), len(self.image_scales)),
-                                                              dtype=np.float32) * self.image_scales) @ self.image_axes)
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _rotate_within_span(residual: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(k, m, d) residuals of k products (rows of each sum to zero) mixed by a random orthogonal m x m matrix that
+    keeps the all-ones direction: the same scatter matrix (spread and its directions), rows still summing to
+    zero, but new images."""
+    k, m, _ = residual.shape
+    if m < 2:
+        return residual
+    basis = np.linalg.qr(np.eye(m) - 1.0 / m)[0][:, :m - 1]  # orthonormal basis of the sum-zero subspace
+    turn, r = np.linalg.qr(rng.standard_normal((k, m - 1, m - 1)))
+    turn = turn * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]  # Haar-distributed
+    mix = (basis @ turn @ basis.T).astype(np.float32)
+    return mix @ residual
+
+
+def _nearest_distance(x: np.ndarray) -> np.ndarray:
+    """Each row's Euclidean distance to its nearest other row."""
+    x = np.asarray(x, dtype=np.float32)
+    squared = (x * x).sum(axis=1)
+    nearest = np.empty(len(x), dtype=np.float32)
+    for start in range(0, len(x), 4096):
+        d = squared[start:start + 4096, None] + squared[None, :] - 2 * x[start:start + 4096] @ x.T
+        d[np.arange(len(d)), np.arange(start, start + len(d))] = np.inf
+        nearest[start:start + len(d)] = d.min(axis=1)
+    return np.sqrt(np.maximum(nearest, 0))
 
 
 def _principal(x: np.ndarray, keep: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -175,11 +266,13 @@ def generate(n: int, queries: int, dim: int, vectors_path: str | None = None, se
 
 
 def neighbour_check(real: np.ndarray, generated: np.ndarray, queries: int = 500, nprobe: int = 4,
-                    seed: int = 1338) -> dict[str, dict[str, float]]:
-    """What makes ANN easy or hard, on real and generated vectors of the same size: the top-1/top-10 similarity
-    gap of held-out queries (quantiles) and IVF recall@10 at a fixed nprobe."""
+                    seed: int = 1338, only_generated: bool = False) -> dict[str, dict[str, float | int]]:
+    """What makes ANN easy or hard, on real and generated vectors: the top-1/top-10 similarity gap of held-out
+    queries (quantiles) and IVF recall@10 at a fixed nprobe (nlist about 4 sqrt(n), k-means on every vector)."""
     out = {}
     for name, x in (("real", real), ("generated", generated)):
+        if only_generated and name == "real":
+            continue
         rng = np.random.default_rng(seed)
         held = rng.choice(len(x), min(queries, len(x) // 5), replace=False)
         keep = np.setdiff1d(np.arange(len(x)), held)
@@ -188,12 +281,13 @@ def neighbour_check(real: np.ndarray, generated: np.ndarray, queries: int = 500,
         gap = scores[:, 0] - scores[:, 9]
         nlist = max(4, int(2 ** round(np.log2(4 * np.sqrt(len(base))))))
         index = faiss.index_factory(base.shape[1], f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.cp.min_points_per_centroid = 1  # small samples: no warning, every vector trains
         index.train(base)
         index.add(base)
         _, found = index.search(q, 10, params=faiss.SearchParametersIVF(nprobe=nprobe))
         out[name] = {"gap_p10": float(np.quantile(gap, 0.1)), "gap_p50": float(np.median(gap)),
                      "gap_p90": float(np.quantile(gap, 0.9)), "top1_p50": float(np.median(scores[:, 0])),
-                     f"ivf{nlist}_nprobe{nprobe}_recall": recall_at_k(found, truth)}
+                     "nlist": nlist, f"ivf_nprobe{nprobe}_recall": recall_at_k(found, truth)}
     return out
 
 
@@ -214,9 +308,10 @@ def qps(index, queries: np.ndarray, single: int) -> tuple[float, float]:
 
 
 def check_generator(args: argparse.Namespace) -> None:
-    """The generator against the real embeddings it was fitted on, at the real catalog's size (and the old
-    mixture generator beside it): top-1/top-10 gap quantiles and IVF recall@10 at a fixed nprobe; in the
-    embeddings' own space and in the compact space the service searches (the default compact transform)."""
+    """The generator against the real embeddings it was fitted on, at the real catalog's size (beside the old
+    mixture generator and Gaussian centres without the fitted kernel), then generated at larger sizes: the
+    top-1/top-10 gap quantiles and IVF recall@10 at a fixed nprobe (nlist about 4 sqrt(n)); in the embeddings'
+    own space (real size only) and in the compact space the service searches (the default compact transform)."""
     from indexer.compact import DEFAULT_COMPACT_DIM, DEFAULT_COMPACT_WHITEN, CompactTransform
 
     real, products = real_vectors_with_products(args.vectors, Path(args.data_dir))
@@ -224,19 +319,28 @@ def check_generator(args: argparse.Namespace) -> None:
         print("no real embeddings under --data-dir (or --vectors): nothing to check the generator against")
         return
     transform = CompactTransform.fit(real, DEFAULT_COMPACT_DIM, whiten=DEFAULT_COMPACT_WHITEN)
+    scales = [int(s) for s in args.check_scales.split(",") if s]
     for space, vectors in (("embeddings", real), (transform.describe(), transform.apply(real))):
         profile = NeighbourProfile.fit(vectors, products)
-        generated, _ = profile.generate(len(vectors), seed=1)
-        old = mixture(len(vectors), vectors, args.noise, seed=1)
-        rows = {**neighbour_check(vectors, generated, nprobe=args.check_nprobe),
-                "old mixture": neighbour_check(vectors, old, nprobe=args.check_nprobe)["generated"]}
-        keys = list(rows["real"])
-        print(f"\n# generator check, {space}: {len(vectors)} real {vectors.shape[1]}-d vectors vs as many generated "
-              f"({profile.images_per_product:.1f} images per product)")
+        n = len(vectors)
+        rows = {f"real ({n:,})": neighbour_check(vectors, vectors, nprobe=args.check_nprobe)["real"]}
+        for times in scales if space != "embeddings" else [1]:  # 1280-d at 10x and more: too slow to be worth it
+            generated, _ = profile.generate(n * times, seed=times)
+            rows[f"generated ({n * times:,})"] = neighbour_check(vectors, generated, nprobe=args.check_nprobe,
+                                                                 only_generated=True)["generated"]
+        gaussian = replace(profile, centres=None, donors=())
+        rows[f"Gaussian centres, no kernel ({n:,})"] = neighbour_check(
+            vectors, gaussian.generate(n, seed=1)[0], nprobe=args.check_nprobe, only_generated=True)["generated"]
+        rows[f"old mixture ({n:,})"] = neighbour_check(vectors, mixture(n, vectors, args.noise, seed=1),
+                                                       nprobe=args.check_nprobe, only_generated=True)["generated"]
+        keys = list(rows[f"real ({n:,})"])
+        print(f"\n# generator check, {space}: {n} real {vectors.shape[1]}-d vectors vs generated "
+              f"({profile.images_per_product:.1f} images per product; kernel bandwidth {profile.bandwidth:.3f})")
         print("| vectors | " + " | ".join(keys) + " |")
         print("|---|" + "---|" * len(keys))
         for name, row in rows.items():
-            print(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |", flush=True)
+            print(f"| {name} | " + " | ".join(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k])
+                                                 for k in keys) + " |", flush=True)
 
 
 def main() -> None:
@@ -251,6 +355,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="flat,ivf_pq_refine,ivf_flat", help="which index kinds to build")
     parser.add_argument("--check", action="store_true", help="compare generated with real neighbour structure")
     parser.add_argument("--check-nprobe", type=int, default=4, help="--check: the fixed nprobe of the IVF recall")
+    parser.add_argument("--check-scales", default="1,10,100",
+                        help="--check: generated sizes as multiples of the real sample's size")
     parser.add_argument("--build-threads", type=int, default=1,
                         help="FAISS threads for building (1 on a shared machine: spinning OpenMP threads stall)")
     args = parser.parse_args()
