@@ -25,6 +25,8 @@ import statistics
 import sys
 import time
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,41 +43,68 @@ from models import Embedder, ModelConfig, build_model  # noqa: E402
 from models.category_probe import fit_category_probe  # noqa: E402
 from models.localiser import (ActivationLocaliser, Detector, Localiser, looks_like_catalog_photo,  # noqa: E402
                               object_crop)
-from training.composite import (BENCH_WALLPAPERS, SceneConfig, compose_scene, load_backgrounds,  # noqa: E402
+from models.matting import WHITE, coarse_mask, matte  # noqa: E402
+from training.composite import (BENCH_WALLPAPERS, Placed, SceneConfig, compose_scene, load_backgrounds,  # noqa: E402
                                 wallpaper_paths)
 
 KS = (1, 5, 10)
 
 
-def build_scenes(demo_dir: Path, scenes_dir: Path, cutouts_dir: Path, products: list[str], seed: int, workers: int
-                 ) -> list[tuple[Path, str, tuple[float, float, float, float]]]:
-    """The shopper-photo queries (cached): (scene path, product id, true box of the product)."""
-    index = scenes_dir / f"scenes-seed{seed}.csv"
-    if index.exists():
-        with index.open() as handle:
-            rows = [(scenes_dir / r["image"], r["product_id"], tuple(float(r[c]) for c in "xywh"))
-                    for r in csv.DictReader(handle)]
-        if {p for _, p, _ in rows} >= set(products):
-            return [r for r in rows if r[1] in set(products)]  # type: ignore[misc]
+@dataclass(frozen=True)
+class ShopperScene:
+    """One shopper-photo query: the scene, its product, the product's true box and its true mask (PNG, L)."""
+
+    path: Path
+    product: str
+    box: tuple[float, float, float, float]
+    mask_path: Path
+
+    def mask(self) -> np.ndarray:
+        return np.asarray(Image.open(self.mask_path), dtype=np.float32) / 255.0
+
+
+def compose_queries(demo_dir: Path, cutouts_dir: Path, products: list[str], seed: int, workers: int,
+                    degrade: bool = True) -> Iterator[tuple[str, str, Image.Image, Placed]]:
+    """Each held-out view of ``products`` pasted into a benchmark photograph: (scene name, product id, scene, the
+    product's placement). Seeded per view, so the same product list gives the same scenes; ``degrade=False``
+    gives the very same scenes before the camera faults (blur, noise, cast, JPEG)."""
     cutouts = render_cutouts(demo_dir, cutouts_dir, kind="queries", products=set(products), workers=workers)
     backgrounds = load_backgrounds(wallpaper_paths(BENCH_WALLPAPERS))
     names = sorted(cutouts)
     images = {name: [Image.open(p).convert("RGBA") for p in cutouts[name]] for name in names}
-    rows = []
     for name in names:
         for k, main in enumerate(images[name]):
             rng = np.random.default_rng([seed, zlib.crc32(name.encode()), k])
             others = [images[o][0] for o in rng.choice([o for o in names if o != name], size=min(8, len(names) - 1),
                                                        replace=False)] if len(names) > 1 else []
-            scene, placed = compose_scene(rng, backgrounds, main, others, SceneConfig())
-            rel = f"scenes/{name}-{k}.jpg"
-            (scenes_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            scene.save(scenes_dir / rel, quality=92)
-            rows.append((scenes_dir / rel, name, placed[0].box))
+            scene, placed = compose_scene(rng, backgrounds, main, others, SceneConfig(degrade=degrade))
+            yield f"{name}-{k}", name, scene, placed[0]
+
+
+def build_scenes(demo_dir: Path, scenes_dir: Path, cutouts_dir: Path, products: list[str], seed: int, workers: int
+                 ) -> list[ShopperScene]:
+    """The shopper-photo queries (cached under ``scenes_dir``: JPEG scenes, PNG masks and an index CSV)."""
+    index = scenes_dir / f"scenes-seed{seed}.csv"
+    if index.exists():
+        with index.open() as handle:
+            rows = [ShopperScene(scenes_dir / r["image"], r["product_id"], tuple(float(r[c]) for c in "xywh"),
+                                 scenes_dir / r["mask"]) for r in csv.DictReader(handle) if r.get("mask")]
+        wanted = set(products)
+        if {r.product for r in rows} >= wanted and all(r.mask_path.exists() for r in rows if r.product in wanted):
+            return [r for r in rows if r.product in wanted]
+    rows = []
+    for stem, name, scene, placed in compose_queries(demo_dir, cutouts_dir, products, seed, workers):
+        rel, mask_rel = f"scenes/{stem}.jpg", f"scenes/{stem}-mask.png"
+        (scenes_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        scene.save(scenes_dir / rel, quality=92)
+        mask = np.round(placed.mask(scene.size) * 255).astype(np.uint8)
+        Image.fromarray(mask, "L").save(scenes_dir / mask_rel)
+        rows.append(ShopperScene(scenes_dir / rel, name, placed.box, scenes_dir / mask_rel))
     with index.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "product_id", "x", "y", "w", "h"])
-        writer.writerows([str(p.relative_to(scenes_dir)), prod, *box] for p, prod, box in rows)
+        writer.writerow(["image", "product_id", "x", "y", "w", "h", "mask"])
+        writer.writerows([str(r.path.relative_to(scenes_dir)), r.product, *r.box,
+                          str(r.mask_path.relative_to(scenes_dir))] for r in rows)
     return rows
 
 
@@ -153,6 +182,10 @@ def main() -> None:
                         help="skip the activation-map baseline and the box-share rule (rows already measured)")
     parser.add_argument("--route-weight", type=float, default=0.1,
                         help="category routing: score + weight x p(item's category | query)")
+    parser.add_argument("--degradation-rows", action="store_true",
+                        help="oracle rows on the same scenes before blur, noise, colour cast and JPEG")
+    parser.add_argument("--only", action="append", default=[],
+                        help="only the rows whose method contains this text (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (timings are per thread count)")
@@ -171,8 +204,25 @@ def main() -> None:
         products = products[: args.limit]
     clean = [q for q in clean if q[1] in set(products)]
     scenes = build_scenes(args.demo_dir, args.scenes_dir, args.cutouts_dir, products, args.seed, args.workers)
-    shop_images = [Image.open(p).convert("RGB") for p, _, _ in scenes]
-    shop_truth = [prod for _, prod, _ in scenes]
+    shop_images = [Image.open(s.path).convert("RGB") for s in scenes]
+    shop_truth = [s.product for s in scenes]
+    shop_masks = [s.mask() for s in scenes]
+    oracle_boxes = [s.box for s in scenes]
+    # the object matted with its true mask onto the catalog's white, cropped like a catalog photo (the ceiling of
+    # segment-then-embed); the same from a mask on a 40-cell grid (what a stride-4 head at 160 px can draw)
+    matted = {"crop: true mask on white (oracle)": [
+        object_crop(matte(im, m), b, fill=WHITE) for im, m, b in zip(shop_images, shop_masks, oracle_boxes)],
+        "crop: true mask on a 40-cell grid on white (oracle)": [
+        object_crop(matte(im, coarse_mask(m, 40)), b, fill=WHITE)
+        for im, m, b in zip(shop_images, shop_masks, oracle_boxes)]}
+    if args.degradation_rows:  # the same scenes before the camera faults: how much of the gap is blur/noise/JPEG
+        plain = {stem: (scene, placed) for stem, _, scene, placed in compose_queries(
+            args.demo_dir, args.cutouts_dir, products, args.seed, args.workers, degrade=False)}
+        plain_scenes = [plain[s.path.stem] for s in scenes]
+        matted["crop: true box, no camera faults (oracle)"] = [
+            object_crop(scene, placed.box) for scene, placed in plain_scenes]
+        matted["crop: true mask on white, no camera faults (oracle)"] = [
+            object_crop(matte(scene, placed.mask(scene.size)), placed.box, fill=WHITE) for scene, placed in plain_scenes]
     clean_images = [Image.open(p).convert("RGB") for p, _ in clean]
     clean_truth = [prod for _, prod in clean]
 
@@ -220,7 +270,8 @@ def main() -> None:
         gallery_products = [r.product_id for r in rows]
         variants = [("shopper", "whole frame", shop_images, [None] * len(scenes), shop_truth),
                     *[("shopper", f"crop: {n}", shop_images, shop_boxes[n], shop_truth) for n in detectors],
-                    ("shopper", "crop: true box (oracle)", shop_images, [b for _, _, b in scenes], shop_truth),
+                    ("shopper", "crop: true box (oracle)", shop_images, oracle_boxes, shop_truth),
+                    *[("shopper", name, crops, [None] * len(crops), shop_truth) for name, crops in matted.items()],
                     ("clean", "whole frame", clean_images, [None] * len(clean), clean_truth),
                     *[("clean", f"crop: {n}", clean_images, clean_boxes[n], clean_truth) for n in detectors],
                     *[(set_name, f"crop: {trained_name}, {rule}", shop_images if set_name == "shopper" else
@@ -229,6 +280,8 @@ def main() -> None:
         probe = fit_category_probe(gallery, [r.category for r in rows])
         gallery_route = np.sqrt(args.route_weight) * probe.routing_columns([r.category for r in rows])
         for set_name, method, images, boxes, truth in variants:
+            if args.only and not any(part in method for part in args.only):
+                continue
             vecs = embed_crops(embedder, images, boxes)
             recall = product_recall(vecs, truth, gallery, gallery_products, KS)
             report(results, args, model_name, set_name, method, len(images), recall)

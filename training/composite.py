@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +73,29 @@ def load_backgrounds(paths: Sequence[Path], max_side: int = 1280) -> list[Image.
 
 @dataclass(frozen=True)
 class Placed:
-    """One pasted object: its visible box (x, y, w, h in frame pixels), the share of it inside the frame, and which
-    cut-out it came from."""
+    """One pasted object: its visible box (x, y, w, h in frame pixels), the share of it inside the frame, which
+    cut-out it came from, and its exact coverage: ``alpha`` (the resized cut-out's alpha, uint8) pasted at
+    ``offset`` (x, y of its top-left corner in the frame, possibly negative); :meth:`mask` draws it in the frame."""
 
     box: tuple[float, float, float, float]
     visible: float
     source: int
+    offset: tuple[int, int] = (0, 0)
+    alpha: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def mask(self, size: tuple[int, int]) -> np.ndarray:
+        """The object's coverage in a frame of ``size`` (width, height) as float32 in [0, 1] (what was pasted
+        there, before any later object covered it)."""
+        W, H = size
+        out = np.zeros((H, W), dtype=np.float32)
+        if self.alpha is None:
+            return out
+        x, y = self.offset
+        h, w = self.alpha.shape
+        fx0, fy0, fx1, fy1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
+        if fx1 > fx0 and fy1 > fy0:
+            out[fy0:fy1, fx0:fx1] = self.alpha[fy0 - y:fy1 - y, fx0 - x:fx1 - x] / 255.0
+        return out
 
 
 @dataclass(frozen=True)
@@ -149,7 +166,8 @@ def _paste(rng: np.random.Generator, frame: Image.Image, cutout: Image.Image, ex
     x0, x1 = np.clip([xs.min() + x, xs.max() + x + 1], 0, W)
     y0, y1 = np.clip([ys.min() + y, ys.max() + y + 1], 0, H)
     inside = alpha[max(0, -y):H - y, max(0, -x):W - x].sum() / max(1, alpha.sum())
-    return Placed((float(x0), float(y0), float(x1 - x0), float(y1 - y0)), float(inside), source)
+    return Placed((float(x0), float(y0), float(x1 - x0), float(y1 - y0)), float(inside), source, (x, y),
+                  np.asarray(obj.getchannel("A")))
 
 
 def degrade(rng: np.random.Generator, image: Image.Image) -> Image.Image:

@@ -1,0 +1,66 @@
+"""Put a found object on the catalog's own backdrop before embedding it.
+
+Catalog images show a product alone on a plain light backdrop (the demo's icons are flattened onto white, the same
+way :mod:`models.preprocess` flattens any alpha channel); a crop of a shopper's photo still carries the room behind
+the object. Matting the object with its mask onto white and then cropping it like a catalog photo
+(:func:`models.localiser.object_crop`) searches it in the catalog's domain.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["WHITE", "coarse_mask", "mask_box", "matte"]
+
+WHITE = (255, 255, 255)
+
+
+def matte(image: Image.Image, mask: np.ndarray, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """``image`` where ``mask`` (H x W, coverage in [0, 1]) is 1, ``background`` where it is 0, blended between."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if mask.shape != rgb.shape[:2]:
+        raise ValueError(f"mask {mask.shape} does not match the image {rgb.shape[:2]}")
+    a = np.clip(mask, 0.0, 1.0)[..., None]
+    out = rgb * a + np.asarray(background, dtype=np.float32) * (1.0 - a)
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def mask_box(mask: np.ndarray, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
+    """The box (x, y, w, h in the mask's pixels) around the pixels at or above ``threshold``; None when none is."""
+    ys, xs = np.nonzero(mask >= threshold)
+    if len(xs) == 0:
+        return None
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())
+
+
+def coarse_mask(mask: np.ndarray, long_side: int) -> np.ndarray:
+    """``mask`` as a head predicting on a grid of ``long_side`` cells along the longer side would see it: averaged
+    down to that grid, then bilinearly up to the mask's size again (the ceiling of a low-resolution mask head)."""
+    h, w = mask.shape
+    scale = long_side / max(w, h)
+    grid = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = Image.fromarray(mask.astype(np.float32), "F").resize(grid, Image.Resampling.BOX)
+    return np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def guided_upsample(mask: np.ndarray, image: Image.Image, radius: int = 4, eps: float = 1e-3) -> np.ndarray:
+    """``mask`` (any size, coverage in [0, 1]) brought to ``image``'s size with its edges snapped to the photo's:
+    He et al.'s guided filter (grey guide) on the bilinearly upsampled mask. A head that predicts on a coarse grid
+    draws blurry edges; where the photo has an edge near them, the filter moves them there. Box filters only."""
+    import torch
+    import torch.nn.functional as F
+
+    w, h = image.size
+    guide = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    p = F.interpolate(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None], size=(h, w),
+                      mode="bilinear", align_corners=False)
+
+    def box(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+
+    mean_i, mean_p = box(guide), box(p)
+    var_i = box(guide * guide) - mean_i * mean_i
+    a = (box(guide * p) - mean_i * mean_p) / (var_i + eps)
+    b = mean_p - a * mean_i
+    return (box(a) * guide + box(b)).clamp_(0, 1)[0, 0].numpy()
