@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["WHITE", "coarse_mask", "mask_box", "matte"]
+__all__ = ["WHITE", "coarse_mask", "guided_upsample", "mask_box", "matte"]
 
 WHITE = (255, 255, 255)
 
@@ -52,7 +52,7 @@ def guided_upsample(mask: np.ndarray, image: Image.Image, radius: int = 4, eps: 
     import torch.nn.functional as F
 
     w, h = image.size
-    guide = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    guide = torch.from_numpy(np.array(image.convert("L"), dtype=np.float32) / 255.0)[None, None]
     p = F.interpolate(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None], size=(h, w),
                       mode="bilinear", align_corners=False)
 

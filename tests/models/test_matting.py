@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from models.matting import WHITE, coarse_mask, mask_box, matte
+from models.matting import WHITE, coarse_mask, guided_upsample, mask_box, matte
 from tests.conftest import busy_background, product_cutout
 from training.composite import SceneConfig, compose_scene
 
@@ -52,3 +53,16 @@ def test_mask_box_and_coarse_mask():
     assert coarse[40, 80] == pytest.approx(1.0) and coarse[0, 0] == pytest.approx(0.0)
     assert 0 < coarse[20, 80] < 1  # edges blur at the grid's resolution
     assert mask_box(coarse, 0.5) == pytest.approx((40, 20, 80, 40), abs=6)
+
+
+def test_guided_upsample_snaps_a_coarse_mask_to_the_photo_edge():
+    for edge in (35, 37, 42):  # off the coarse grid's cell edges (8 px cells)
+        arr = np.full((64, 64, 3), 30, np.uint8)
+        arr[:, edge:] = 220
+        truth = np.zeros((64, 64), np.float32)
+        truth[:, edge:] = 1.0
+        coarse = np.asarray(Image.fromarray(truth, "F").resize((8, 8), Image.Resampling.BOX), dtype=np.float32)
+        refined = guided_upsample(coarse, Image.fromarray(arr), radius=8, eps=1e-3)
+        assert refined.shape == (64, 64)
+        assert ((refined >= 0.5) == (truth >= 0.5)).all()
+        assert ((coarse_mask(truth, 8) >= 0.5) != (truth >= 0.5)).any()  # bilinear alone misses the edge
