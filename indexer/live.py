@@ -170,8 +170,10 @@ class LiveCatalog:
         codes, names = self._base_categories()
         wanted = [names[c] for c in set(categories) if c in names]
         mask = np.zeros(view.id_space, dtype=bool)
-        if wanted:
-            mask[: self.base_count] = np.isin(codes, np.asarray(wanted, dtype=np.int32)) & ~view.dead
+        if wanted:  # one gather from a per-code table (np.isin sorts: ~20 ms at 1M ids)
+            table = np.zeros(len(names), dtype=bool)
+            table[wanted] = True
+            np.logical_and(table[codes], ~view.dead, out=mask[: self.base_count])
         chosen = set(categories)
         delta = [i for i, it in view.snapshot.items.items() if it.category in chosen]
         mask[np.asarray(delta, dtype=np.int64)] = True
