@@ -20,7 +20,9 @@ machine the CPU time is the better measure of what one core costs.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import resource
 import logging
 import sys
 import tempfile
@@ -40,6 +42,7 @@ from indexer.exact import exact_top_k  # noqa: E402
 from indexer.faiss_store import build_store  # noqa: E402
 from indexer.index_choice import IndexTargets, choose_index  # noqa: E402
 from indexer.live import LiveCatalog, vector_sync  # noqa: E402
+from indexer.vector_store import IdFilter, SearchParams, merge_top_k  # noqa: E402
 from indexer.catalog_store import create_store  # noqa: E402
 
 SELECTIVITIES = (0.0001, 0.001, 0.01, 0.1, 0.5, 1.0)
@@ -97,6 +100,94 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     return float(np.mean(shares))
 
 
+def exact_truth(vectors: np.ndarray, queries: np.ndarray, allowed: np.ndarray | None,
+                chunk: int = 1 << 20) -> np.ndarray:
+    """The exact top-10 ids of each query among ``allowed`` rows (None: all), reading the allowed rows a chunk
+    at a time (a 10M catalog's 50% filter would otherwise copy 2.5 GB)."""
+    if allowed is None:
+        return exact_top_k(vectors, queries, 10)[1]
+    best = None
+    for start in range(0, len(allowed), chunk):
+        ids = allowed[start:start + chunk]
+        part = exact_top_k(vectors[ids], queries, 10, ids)
+        best = part if best is None else merge_top_k([best, part], 10)
+    return best[1]
+
+
+class BenchLock:
+    """``--lock``: hold the shared bench lock only around the timed loops (a 10M build takes longer than one
+    locked run may); a no-op without a path. Not for runs already under ``flock`` on the same file."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        if self.path:
+            self.handle = open(self.path, "a")
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+
+def bench_store_only(n: int, args: argparse.Namespace) -> list[Row]:
+    """The vector store alone (no catalog database, no planner): for sizes whose SQLite catalog would take too
+    long to write on this machine. Filters are id masks made per query (as the planner hands them over);
+    category masks, keyword postings and item-id resolution are not timed."""
+    start = time.perf_counter()
+    vectors, queries = generate(n, args.queries, args.dim, args.vectors, seed=n)
+    gen_s = time.perf_counter() - start
+    dim = vectors.shape[1]
+    categories = categories_for(n, seed=n + 7)
+    faiss.omp_set_num_threads(args.build_threads)
+    start = time.perf_counter()
+    targets = IndexTargets()
+    plan = choose_index(n, dim, targets=targets, force=None if args.index == "auto" else args.index)
+    store, report = build_store(vectors, plan, target=targets.recall)
+    build_s = time.perf_counter() - start
+    faiss.omp_set_num_threads(1)
+    mib = store.memory_bytes / 2**20
+    index = f"{store.spec.factory}" + (f" nprobe={store.spec.nprobe}" if store.spec.is_ivf else "")
+    print(f"# {n:,} vectors of dim {dim} (store only): generated in {gen_s:.0f}s; index {index} ({plan.reason}); "
+          f"build+tune {build_s:.0f}s, recall@10 at build {report.recall_at_10}; peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB", flush=True)
+    out: list[Row] = []
+
+    def record(kind: str, allowed: np.ndarray | None, **extra: object) -> None:
+        truth = exact_truth(vectors, queries, allowed)
+        mask = None
+        if allowed is not None:
+            mask = np.zeros(n, dtype=bool)
+            mask[allowed] = True
+
+        def run(q: np.ndarray) -> tuple[np.ndarray, str]:
+            allowed_ids = None if mask is None else IdFilter.from_mask(mask)
+            exact = allowed_ids is not None and store.prefers_exact(len(allowed_ids))
+            _, ids = store.search(q, 10, allowed_ids, SearchParams(exact=exact))
+            return ids[0], "exact" if exact else "index" if mask is None else "index+selector"
+
+        with BenchLock(args.lock):
+            found, wall, cpu, used = timed(run, queries)
+        row = Row(n, kind, index, round(build_s, 1), round(mib, 1), round(recall(found, truth), 4),
+                  round(float(np.median(wall)) * 1e3, 3), round(float(np.percentile(wall, 99)) * 1e3, 3),
+                  round(float(np.median(cpu)) * 1e3, 3), used, **extra)  # type: ignore[arg-type]
+        out.append(row)
+        emit(row, args.json)
+
+    record("unfiltered", None)
+    names = sorted(set(categories.tolist()))
+    for share in SELECTIVITIES:
+        chosen = names if share == 1.0 else [f"s{share:g}"]
+        record("filtered", np.flatnonzero(np.isin(categories, chosen)), selectivity=share)
+    rng = np.random.default_rng(n + 11)
+    for count in CANDIDATES:
+        if count <= n:
+            record("candidates", np.sort(rng.choice(n, count, replace=False)), candidates=count)
+    return out
+
+
 def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
     vectors, queries = generate(n, args.queries, args.dim, args.vectors, seed=n)
     dim = vectors.shape[1]
@@ -133,9 +224,9 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
     out: list[Row] = []
 
     def record(kind: str, query: Query, allowed: np.ndarray | None, **extra: object) -> None:
-        truth = exact_top_k(vectors if allowed is None else vectors[allowed], queries, 10,
-                            None if allowed is None else allowed)[1]
-        found, wall, cpu, used = timed(planner(query), queries)
+        truth = exact_truth(vectors, queries, allowed)
+        with BenchLock(args.lock):
+            found, wall, cpu, used = timed(planner(query), queries)
         row = Row(n, kind, index, round(build_s, 1), round(mib, 1), round(recall(found, truth), 4),
                   round(float(np.median(wall)) * 1e3, 3), round(float(np.percentile(wall, 99)) * 1e3, 3),
                   round(float(np.median(cpu)) * 1e3, 3), used, **extra)  # type: ignore[arg-type]
@@ -183,6 +274,9 @@ def main() -> None:
     parser.add_argument("--build-threads", type=int, default=1,
                         help="FAISS threads for building (1 on a shared machine: spinning OpenMP threads stall)")
     parser.add_argument("--json", action="store_true", help="one JSON object per row")
+    parser.add_argument("--store-only", action="store_true",
+                        help="time the vector store alone (no catalog database or planner): for 10M on a small machine")
+    parser.add_argument("--lock", help="hold this lock file only around the timed loops (not under flock(1) on it)")
     args = parser.parse_args()
     if args.exact_threshold is None:
         from app.settings import Settings
@@ -195,6 +289,9 @@ def main() -> None:
               "| CPU p50 ms |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in (int(s) for s in args.sizes.split(",")):
+        if args.store_only:
+            bench_store_only(n, args)
+            continue
         with tempfile.TemporaryDirectory(prefix="lookalike-scale-") as tmp:
             bench_size(n, args, Path(tmp))
 
