@@ -211,8 +211,12 @@ class FaissCpuStore(BaseVectorStore):
             return None if changes.dead_count == 0 else IdFilter.from_mask(~changes.dead)
         if allowed.has_mask:
             mask = allowed.mask(self.base_count)
+            if np.count_nonzero(mask) == self.base_count:  # every base id allowed (a category filter of all)
+                return self._base_filter(None, changes)
             return IdFilter.from_mask(mask & ~changes.dead if changes.dead_count else mask)
         ids = allowed.ids[: np.searchsorted(allowed.ids, self.base_count)]
+        if len(ids) == self.base_count:  # sorted and unique: every base id
+            return self._base_filter(None, changes)
         if changes.dead_count:
             ids = ids[~changes.dead[ids]]
         return IdFilter(ids=ids)

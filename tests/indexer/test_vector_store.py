@@ -67,7 +67,8 @@ def test_search_matches_brute_force_after_deletes_and_adds(make, spec, data, tmp
     assert store.ntotal == len(live)
     rng = np.random.default_rng(9)
     filters = [None, set(rng.choice(live_ids, 40, replace=False).tolist()),  # 0.7%: a few per list
-               set(rng.choice(live_ids, 3000, replace=False).tolist()) | {N + 10, 1, 2, 3}]
+               set(rng.choice(live_ids, 3000, replace=False).tolist()) | {N + 10, 1, 2, 3},
+               set(range(N)) | set(live_ids.tolist())]  # every id, removed ones too: the unfiltered search
     for allowed in filters:
         as_filter = None if allowed is None else IdFilter.from_ids(sorted(allowed))
         truth_scores, truth = _oracle(live, queries, 10, allowed)
@@ -82,6 +83,12 @@ def test_search_matches_brute_force_after_deletes_and_adds(make, spec, data, tmp
         assert (ids >= 0).all()  # k results whenever k exist
         assert recall_at_k(ids, truth) >= (0.999 if spec.factory == "Flat" else 0.9)
         assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+        if allowed is not None and len(allowed) > N:
+            unfiltered = store.search(queries, 10)[1]
+            assert np.array_equal(ids, unfiltered)
+            mask = np.zeros(N + 80, dtype=bool)
+            mask[sorted(allowed)] = True
+            assert np.array_equal(store.search(queries, 10, IdFilter.from_mask(mask))[1], unfiltered)
 
 
 @pytest.mark.parametrize("spec", SPECS)
