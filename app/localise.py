@@ -17,7 +17,11 @@ from PIL import Image
 from app.errors import ApiError
 from app.schemas import QueryBox
 from app.settings import Settings
-from models.localiser import PACKAGED_WEIGHTS, Detection, Localiser, looks_like_catalog_photo, object_crop
+import numpy as np
+
+from models.localiser import (PACKAGED_WEIGHTS, Detection, Localiser, crop_window, looks_like_catalog_photo,
+                              object_crop)
+from models.matting import matted_crop
 from models.localiser_runtime import RuntimeLocaliser
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,22 @@ def is_catalog_photo(image: Image.Image, settings: Settings) -> bool:
     return settings.whole_catalog_photos and looks_like_catalog_photo(image)
 
 
+# A region is matted only where the mask is confident somewhere in its square (else: the plain crop).
+MATTE_MIN_PEAK = 0.5
+
+
+def _mask_peak(mask: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float],
+               margin: float) -> float:
+    """The mask's highest foreground probability inside the square that :func:`object_crop` cuts for ``box``
+    (the mask is a grid over the whole photo of ``size``)."""
+    left, top, side = crop_window(size, box, margin)
+    rows, cols = mask.shape
+    W, H = size
+    r0, r1 = max(0, int(top * rows / H)), min(rows, int(np.ceil((top + side) * rows / H)))
+    c0, c1 = max(0, int(left * cols / W)), min(cols, int(np.ceil((left + side) * cols / W)))
+    return float(mask[r0:r1, c0:c1].max()) if r1 > r0 and c1 > c0 else 0.0
+
+
 @dataclass(frozen=True)
 class Region:
     """A region to search: its box in the original photo's pixels and its crop of the decoded photo."""
@@ -81,20 +101,29 @@ class Region:
 
 
 def regions(image: Image.Image, original: tuple[int, int] | None, detections: list[Detection], box: str | None,
-            margin: float, whole_first: bool = False) -> tuple[Region, list[Region]]:
+            margin: float, whole_first: bool = False, mask: np.ndarray | None = None) -> tuple[Region, list[Region]]:
     """The region to search first and the other detected objects. ``image`` may be decoded at a reduced scale
     (JPEG draft); boxes are reported in ``original`` pixels. ``whole_first``: search the whole photo (source
-    ``catalog_photo``) and list every detection as another object, unless the caller gave a box."""
+    ``catalog_photo``) and list every detection as another object, unless the caller gave a box. ``mask``: the
+    localiser's foreground over the photo; a detected or caller's box is then searched with its object matted
+    onto white (``models.matting.matted_crop``; a plain crop where the mask is empty in that box's square)."""
     width, height = image.size
     ow, oh = original or (width, height)
     sx, sy = ow / width, oh / height
 
     def region(det_box: tuple[float, float, float, float], source: str, score: float | None) -> Region:
         x, y, w, h = det_box
+        whole = source in ("whole", "catalog_photo")
+        matted = not whole and mask is not None and _mask_peak(mask, image.size, det_box, margin) >= MATTE_MIN_PEAK
         reported = QueryBox(x=round(x * sx, 1), y=round(y * sy, 1), w=round(w * sx, 1), h=round(h * sy, 1),
                             localised=source == "detected", source=source,
-                            score=None if score is None else round(score, 4))
-        crop = image if source in ("whole", "catalog_photo") else object_crop(image, det_box, margin)
+                            score=None if score is None else round(score, 4), matted=matted)
+        if whole:
+            crop = image
+        elif matted:
+            crop = matted_crop(image, mask, det_box, margin, min_peak=MATTE_MIN_PEAK)
+        else:
+            crop = object_crop(image, det_box, margin)
         return Region(reported, crop)
 
     found = [region(d.box, "detected", d.score) for d in detections]

@@ -83,6 +83,8 @@ class QueryBox(BaseModel):
     source: str = Field(description="detected, caller, whole (nothing found, or localisation off) or catalog_photo "
                                     "(a plain-backdrop photo searched whole; its objects are still listed)")
     score: float | None = Field(None, description="the localiser's confidence, for detected objects")
+    matted: bool = Field(False, description="true when the object was cut out with the localiser's mask and put on "
+                                            "white before embedding (MATTE_OBJECTS), as catalog images show products")
 
 
 class DetectedObject(BaseModel):

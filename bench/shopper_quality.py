@@ -43,7 +43,7 @@ from models import Embedder, ModelConfig, build_model  # noqa: E402
 from models.category_probe import fit_category_probe  # noqa: E402
 from models.localiser import (ActivationLocaliser, Detector, Localiser, looks_like_catalog_photo,  # noqa: E402
                               object_crop)
-from models.matting import WHITE, coarse_mask, matte  # noqa: E402
+from models.matting import WHITE, coarse_mask, matte, matted_crop  # noqa: E402
 from training.composite import (BENCH_WALLPAPERS, Placed, SceneConfig, compose_scene, load_backgrounds,  # noqa: E402
                                 wallpaper_paths)
 
@@ -172,6 +172,9 @@ def main() -> None:
     parser.add_argument("--cutouts-dir", type=Path, default=Path("data/cutouts"))
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="reuse the served generation's vectors")
     parser.add_argument("--localiser", type=Path, default=Path("models/weights/localiser.pt"))
+    parser.add_argument("--mask-localiser", type=Path, default=None,
+                        help="a localiser with a mask head (`lookalike train-mask`) for the matted rows (default: "
+                             "--localiser, when it has one)")
     parser.add_argument("--checkpoint", action="append", default=[], help="also evaluate a trained checkpoint")
     parser.add_argument("--no-pretrained", action="store_true", help="only the given checkpoints")
     parser.add_argument("--limit", type=int, default=None, help="queries of the first N products only")
@@ -210,18 +213,18 @@ def main() -> None:
     oracle_boxes = [s.box for s in scenes]
     # the object matted with its true mask onto the catalog's white, cropped like a catalog photo (the ceiling of
     # segment-then-embed); the same from a mask on a 40-cell grid (what a stride-4 head at 160 px can draw)
-    matted = {"crop: true mask on white (oracle)": [
+    matted = {("shopper", "crop: true mask on white (oracle)"): [
         object_crop(matte(im, m), b, fill=WHITE) for im, m, b in zip(shop_images, shop_masks, oracle_boxes)],
-        "crop: true mask on a 40-cell grid on white (oracle)": [
+        ("shopper", "crop: true mask on a 40-cell grid on white (oracle)"): [
         object_crop(matte(im, coarse_mask(m, 40)), b, fill=WHITE)
         for im, m, b in zip(shop_images, shop_masks, oracle_boxes)]}
     if args.degradation_rows:  # the same scenes before the camera faults: how much of the gap is blur/noise/JPEG
         plain = {stem: (scene, placed) for stem, _, scene, placed in compose_queries(
             args.demo_dir, args.cutouts_dir, products, args.seed, args.workers, degrade=False)}
         plain_scenes = [plain[s.path.stem] for s in scenes]
-        matted["crop: true box, no camera faults (oracle)"] = [
+        matted[("shopper", "crop: true box, no camera faults (oracle)")] = [
             object_crop(scene, placed.box) for scene, placed in plain_scenes]
-        matted["crop: true mask on white, no camera faults (oracle)"] = [
+        matted[("shopper", "crop: true mask on white, no camera faults (oracle)")] = [
             object_crop(matte(scene, placed.mask(scene.size)), placed.box, fill=WHITE) for scene, placed in plain_scenes]
     clean_images = [Image.open(p).convert("RGB") for p, _ in clean]
     clean_truth = [prod for _, prod in clean]
@@ -238,6 +241,35 @@ def main() -> None:
         shop_boxes[name], timing[name] = detect_all(det, shop_images)
         clean_boxes[name], _ = detect_all(det, clean_images)
     trained_name = next((n for n in detectors if n.startswith("localiser")), None)
+    # segment, then embed: the localiser's top box, its mask head's foreground matted onto white inside that box's
+    # crop (plain crop where the mask is empty there; whole frame where nothing is found or on catalog-style photos)
+    mask_localiser = Localiser.load(args.mask_localiser or args.localiser) if (args.mask_localiser or
+                                                                               args.localiser).exists() else None
+    if mask_localiser is not None and mask_localiser.has_mask:
+        mask_name = f"localiser {(args.mask_localiser or args.localiser).name}"
+        for set_name, images, truth_boxes in (("shopper", shop_images, oracle_boxes), ("clean", clean_images, None)):
+            located, seconds = [], []
+            for im in images:
+                start = time.perf_counter()
+                found = mask_localiser.locate(im)
+                if found.detections:
+                    matted_crop(im, found.mask, found.detections[0].box)
+                seconds.append(time.perf_counter() - start)
+                located.append(found)
+            if set_name == "shopper":
+                timing[f"{mask_name} + mask + matte"] = statistics.median(seconds)
+            crops = [matted_crop(im, f.mask, f.detections[0].box) if f.detections and not looks_like_catalog_photo(im)
+                     else im for im, f in zip(images, located)]
+            matted[(set_name, f"crop: {mask_name} box, its mask on white, not on catalog-style photos")] = crops
+            if set_name == "clean":
+                matted[(set_name, f"crop: {mask_name} box, its mask on white (every photo)")] = [
+                    matted_crop(im, f.mask, f.detections[0].box) if f.detections else im
+                    for im, f in zip(images, located)]
+            else:
+                matted[(set_name, f"crop: true box, {mask_name}'s mask on white")] = [
+                    matted_crop(im, f.mask, b) for im, f, b in zip(images, located, truth_boxes)]
+                matted[(set_name, f"crop: true box, {mask_name}'s mask snapped by a guided filter, on white")] = [
+                    matted_crop(im, f.mask, b, refine=True) for im, f, b in zip(images, located, truth_boxes)]
     rules = {}  # the trained localiser's box, or the whole frame where a rule says not to crop
     if trained_name is not None:
         for set_name, images, boxes in (("shopper", shop_images, shop_boxes[trained_name]),
@@ -271,7 +303,8 @@ def main() -> None:
         variants = [("shopper", "whole frame", shop_images, [None] * len(scenes), shop_truth),
                     *[("shopper", f"crop: {n}", shop_images, shop_boxes[n], shop_truth) for n in detectors],
                     ("shopper", "crop: true box (oracle)", shop_images, oracle_boxes, shop_truth),
-                    *[("shopper", name, crops, [None] * len(crops), shop_truth) for name, crops in matted.items()],
+                    *[(set_name, name, crops, [None] * len(crops), shop_truth if set_name == "shopper" else clean_truth)
+                      for (set_name, name), crops in matted.items()],
                     ("clean", "whole frame", clean_images, [None] * len(clean), clean_truth),
                     *[("clean", f"crop: {n}", clean_images, clean_boxes[n], clean_truth) for n in detectors],
                     *[(set_name, f"crop: {trained_name}, {rule}", shop_images if set_name == "shopper" else

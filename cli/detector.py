@@ -14,51 +14,72 @@ from models.localiser import PACKAGED_WEIGHTS
 
 detector_app = typer.Typer(add_completion=False)
 
+# options that train-detector and train-mask share
+CutoutsDir = Annotated[Path, typer.Option(help="where the demo cut-outs are rendered (reused)")]
+Products = Annotated[int, typer.Option(help="products whose cut-outs train it (spread over the catalog)")]
+Scenes = Annotated[int, typer.Option(help="distinct training composites")]
+Iterations = Annotated[int, typer.Option(help="optimiser steps at most")]
+TimeBudget = Annotated[float, typer.Option(help="seconds of optimiser steps at most")]
+Workers = Annotated[int, typer.Option(help="render processes for the cut-outs")]
+Threads = Annotated[int, typer.Option(help="torch threads while training (1 is fastest on a busy CPU)")]
 
-@detector_app.command("train-detector")
-def train_detector(
-    ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="weights file to write")] = PACKAGED_WEIGHTS,
-    cutouts_dir: Annotated[Path, typer.Option(help="where the demo cut-outs are rendered (reused)")] = Path("data/cutouts"),
-    products: Annotated[int, typer.Option(help="products whose cut-outs train it (spread over the catalog)")] = 400,
-    scenes: Annotated[int, typer.Option(help="distinct training composites")] = 800,
-    iterations: Annotated[int, typer.Option(help="optimiser steps at most")] = 600,
-    time_budget: Annotated[float, typer.Option(help="seconds of optimiser steps at most")] = 600.0,
-    image_size: Annotated[int, typer.Option(help="the photo's longer side when detecting")] = 160,
-    workers: Annotated[int, typer.Option(help="render processes for the cut-outs")] = 2,
-    threads: Annotated[int, typer.Option(help="torch threads while training (1 is fastest on a busy CPU)")] = 1,
-    seed: int = 0,
-) -> None:
-    """Train the class-agnostic object localiser on demo cut-outs pasted into photographs (offline; minutes)."""
+
+def _composite_material(ctx: typer.Context, cutouts_dir: Path, products: int, workers: int,
+                        excluded: frozenset[str] = frozenset()) -> tuple[list, list, list, list]:
+    """Backgrounds (training, benchmark) and cut-outs (training, check: every tenth product) for composites of
+    ``products`` demo products spread over the catalog, leaving out ``excluded``; renders missing cut-outs."""
     import numpy as np
     from PIL import Image
 
     from demo.cutouts import render_cutouts
     from indexer import read_catalog
-    from models.localiser import ActivationLocaliser, Localiser, LocaliserConfig, save_localiser
-    from training.composite import (BENCH_WALLPAPERS, TRAIN_WALLPAPERS, BackgroundsMissing, SceneConfig,
-                                    compose_scene, load_backgrounds, wallpaper_paths)
-    from training.localiser import LocaliserTrainConfig, evaluate_localiser, train_localiser
+    from training.composite import (BENCH_WALLPAPERS, TRAIN_WALLPAPERS, BackgroundsMissing, load_backgrounds,
+                                    wallpaper_paths)
 
     settings = settings_of(ctx)
-    manifest = settings.demo_dir / "demo_manifest.json"
-    if not manifest.exists():
+    if not (settings.demo_dir / "demo_manifest.json").exists():
         raise fail(f"no demo catalog at {settings.demo_dir}: run `lookalike demo` first")
     try:
         train_bg = load_backgrounds(wallpaper_paths(TRAIN_WALLPAPERS), max_side=640)
         check_bg = load_backgrounds(wallpaper_paths(BENCH_WALLPAPERS), max_side=640)
     except BackgroundsMissing as exc:
         raise fail(str(exc)) from None
-    started = time.perf_counter()
-    slugs = sorted({row.product_id for row in read_catalog(settings.demo_dir / "catalog.csv")})
+    slugs = sorted({row.product_id for row in read_catalog(settings.demo_dir / "catalog.csv")} - excluded)
     picks = sorted({slugs[i] for i in np.linspace(0, len(slugs) - 1, min(products, len(slugs))).round().astype(int)})
-    typer.echo(f"rendering cut-outs of {len(picks)} products into {cutouts_dir} (reused when present)")
+    typer.echo(f"rendering cut-outs of {len(picks)} products into {cutouts_dir} (reused when present)"
+               + (f"; {len(excluded)} held-out products left out" if excluded else ""))
     rendered = render_cutouts(settings.demo_dir, cutouts_dir, kind="images", per_item=1, products=set(picks),
                               workers=workers)
     names = sorted(rendered)
     held = set(names[::10])  # every tenth product checks the result on the benchmark's backgrounds
     train_cut = [Image.open(rendered[n][0]).convert("RGBA") for n in names if n not in held]
     check_cut = [Image.open(rendered[n][0]).convert("RGBA") for n in names if n in held]
+    return train_bg, check_bg, train_cut, check_cut
+
+
+@detector_app.command("train-detector")
+def train_detector(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="weights file to write")] = PACKAGED_WEIGHTS,
+    cutouts_dir: CutoutsDir = Path("data/cutouts"),
+    products: Products = 400,
+    scenes: Scenes = 800,
+    iterations: Iterations = 600,
+    time_budget: TimeBudget = 600.0,
+    image_size: Annotated[int, typer.Option(help="the photo's longer side when detecting")] = 160,
+    workers: Workers = 2,
+    threads: Threads = 1,
+    seed: int = 0,
+) -> None:
+    """Train the class-agnostic object localiser on demo cut-outs pasted into photographs (offline; minutes)."""
+    import numpy as np
+
+    from models.localiser import ActivationLocaliser, Localiser, LocaliserConfig, save_localiser
+    from training.composite import SceneConfig, compose_scene
+    from training.localiser import LocaliserTrainConfig, evaluate_localiser, train_localiser
+
+    started = time.perf_counter()
+    train_bg, check_bg, train_cut, check_cut = _composite_material(ctx, cutouts_dir, products, workers)
     config = LocaliserTrainConfig(scenes=scenes, iterations=iterations, time_budget_s=time_budget, seed=seed,
                                   threads=threads)
     model_config = LocaliserConfig(image_size=image_size)
@@ -78,5 +99,68 @@ def train_detector(
                     "total_seconds": round(time.perf_counter() - started, 1)})
     save_localiser(model, out, summary)
     (out.with_suffix(".json")).write_text(json.dumps(summary, indent=2) + "\n")
+    typer.echo(json.dumps(figures))
+    typer.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB) and {out.with_suffix('.json')}")
+
+
+@detector_app.command("train-mask")
+def train_mask(
+    ctx: typer.Context,
+    localiser: Annotated[Path, typer.Option(help="the trained localiser to add a mask head to")] = PACKAGED_WEIGHTS,
+    out: Annotated[Path, typer.Option(help="weights file to write (the localiser with its mask head)")] = PACKAGED_WEIGHTS,
+    cutouts_dir: CutoutsDir = Path("data/cutouts"),
+    products: Products = 400,
+    holdout: Annotated[Path | None, typer.Option(help="a training run's split.json: its test products never train "
+                                                      "the head (so the shopper bench's held-out rows stay held out)")] = None,
+    scenes: Scenes = 1000,
+    iterations: Iterations = 1000,
+    time_budget: TimeBudget = 900.0,
+    channels: Annotated[int, typer.Option(help="the LR-ASPP head's width")] = 32,
+    workers: Workers = 2,
+    threads: Threads = 1,
+    seed: int = 0,
+) -> None:
+    """Add a foreground mask head to the localiser and train it on demo cut-outs pasted into photographs (the
+    detector is unchanged; the query path mattes the found object onto white with it)."""
+    import numpy as np
+    from PIL import Image
+
+    from models.localiser import Localiser, LocaliserConfig, LocaliserNet, load_localiser, save_localiser
+    from training.composite import SceneConfig, compose_scene
+    from training.mask_head import MaskTrainConfig, mask_iou, scene_mask, train_mask_head
+
+    if not localiser.exists():
+        raise fail(f"no localiser at {localiser}: run `lookalike train-detector` first")
+    started = time.perf_counter()
+    excluded = frozenset(json.loads(holdout.read_text())["test"]) if holdout else frozenset()
+    train_bg, check_bg, train_cut, check_cut = _composite_material(ctx, cutouts_dir, products, workers, excluded)
+    base = load_localiser(localiser)
+    model = LocaliserNet(LocaliserConfig(**{**base.config.model_dump(), "mask_channels": channels}))
+    model.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("mask_head.")},
+                          strict=False)
+    config = MaskTrainConfig(scenes=scenes, iterations=iterations, time_budget_s=time_budget, seed=seed,
+                             threads=threads)
+    typer.echo(f"training the mask head on {scenes} composites of {len(train_cut)} products (at most {iterations} "
+               f"steps, {time_budget:.0f} s)")
+    with typer.progressbar(length=iterations, label="train-mask") as bar:
+        summary = train_mask_head(model, train_bg, train_cut, config, progress=lambda step, loss: bar.update(1))
+    found = Localiser(model)
+    figures = {}
+    for name, backgrounds in (("benchmark_backgrounds", check_bg), ("training_backgrounds", train_bg)):
+        ious = []
+        for i in range(100):
+            rng = np.random.default_rng([seed, 11, i])
+            image, placed = compose_scene(rng, backgrounds, check_cut[i % len(check_cut)], check_cut, SceneConfig())
+            grid = found.locate(image).mask
+            predicted = np.asarray(Image.fromarray(grid, "F").resize(image.size, Image.Resampling.BILINEAR))
+            ious.append(mask_iou(predicted, scene_mask(image, placed)))
+        figures[name] = {"mask_iou": round(float(np.mean(ious)), 4), "scenes": len(ious)}
+    summary.update({"figures": figures, "held_out_products": len(check_cut), "train_products": len(train_cut),
+                    "excluded_products": len(excluded), "total_seconds": round(time.perf_counter() - started, 1)})
+    recipe_path = localiser.with_suffix(".json")
+    recipe = json.loads(recipe_path.read_text()) if recipe_path.exists() else {}
+    recipe["mask_head"] = summary
+    save_localiser(model, out, recipe)
+    out.with_suffix(".json").write_text(json.dumps(recipe, indent=2) + "\n")
     typer.echo(json.dumps(figures))
     typer.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB) and {out.with_suffix('.json')}")

@@ -27,13 +27,17 @@ from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.segmentation.lraspp import LRASPPHead
+from torchvision.ops.misc import Conv2dNormActivation
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from models.efficientnet_lite import EfficientNetLite0, efficientnet_lite0
 
 __all__ = [
-    "ActivationLocaliser", "Detection", "Detector", "Localiser", "LocaliserConfig", "LocaliserNet", "object_crop",
+    "ActivationLocaliser", "Detection", "Detector", "HEAD_OUTPUTS", "LEVEL_STRIDES", "Located", "Localiser",
+    "LocaliserConfig", "LocaliserNet", "LocaliserNetwork", "MASK_OUTPUT", "MaskHead", "MASK_STRIDE", "crop_window", "object_crop",
     "load_localiser", "save_localiser", "plain_border_share", "looks_like_catalog_photo",
 ]
 
@@ -41,7 +45,19 @@ __all__ = [
 # stride-32 blocks (a third of the network's work) are left out: the pyramid's stride-32 level is pooled from
 # stride 16, which keeps a localisation under half an embedding forward.
 _TAPS = {4: 40, 10: 112}
+# The optional mask head reads the same trunk pass: LR-ASPP on the stride-4 block's output (24 channels) and the
+# stride-16 tap above, then refinements with the stride-2 block's output (16 channels) and the image itself.
+_MASK_S2_TAP, _MASK_S2_CHANNELS = 0, 16
+_MASK_S4_TAP, _MASK_S4_CHANNELS = 2, 24
 _FORMAT = "lookalike-localiser/1"
+# What the localiser's network computes (exported as one graph by ``models.localiser_runtime``): FCOS's head
+# outputs over the pyramid levels, plus the mask head's logits when there is one.
+HEAD_OUTPUTS = ("cls_logits", "bbox_regression", "bbox_ctrness")
+MASK_OUTPUT = "mask_logits"
+# Strides of the pyramid levels the head runs on (the trunk's stride-8 and stride-16 taps, and the max-pooled
+# stride 32); FCOS's transform pads the input to a multiple of 32, so each level is exactly (H/s, W/s).
+LEVEL_STRIDES = (8, 16, 32)
+MASK_STRIDE = 1  # the mask head's logits are at the network input's pixels
 # The weights the service loads by default and `lookalike train-detector` writes by default.
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "localiser.pt"
 
@@ -57,6 +73,7 @@ class LocaliserConfig(BaseModel):
     score_thresh: float = Field(default=0.3, ge=0, le=1)
     nms_thresh: float = Field(default=0.5, ge=0, le=1)
     max_detections: int = Field(default=8, ge=1)
+    mask_channels: int = Field(default=0, ge=0, description="the foreground mask head's width; 0: no mask head")
 
 
 @dataclass(frozen=True)
@@ -91,16 +108,46 @@ class _PyramidTrunk(nn.Module):
 
     def taps(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """The trunk's feature maps that feed the pyramid (x normalised to [-1, 1])."""
+        return self.taps_and_fine(x)[0]
+
+    def taps_and_fine(self, x: torch.Tensor) -> tuple[OrderedDict[str, torch.Tensor], list[torch.Tensor]]:
+        """The pyramid's taps and the mask head's finer inputs (the stride-2 and stride-4 blocks' outputs), in one
+        trunk pass."""
         feats = OrderedDict()
+        fine = [x, x]
         x = self.stem(x)
         for i, block in enumerate(self.blocks):
             x = block(x)
+            if i == _MASK_S2_TAP:
+                fine[0] = x
+            elif i == _MASK_S4_TAP:
+                fine[1] = x
             if i in _TAPS:
                 feats[str(len(feats))] = x
-        return feats
+        return feats, fine
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.fpn(self.taps(x))
+
+
+class MaskHead(nn.Module):
+    """Class-agnostic foreground ("a product") logits at the input's pixels, from one trunk pass: torchvision's
+    LR-ASPP head on the stride-4 and stride-16 features, then two light refinements that bring its logits up a
+    level at a time with finer inputs (the stride-2 features, then the image itself), each a residual
+    correction of the bilinearly upsampled logits. The refinements draw the edges the coarse grid cannot."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.coarse = LRASPPHead(_MASK_S4_CHANNELS, _TAPS[max(_TAPS)], 1, channels)
+        self.refine_s2 = nn.Sequential(Conv2dNormActivation(1 + _MASK_S2_CHANNELS, 16, 3), nn.Conv2d(16, 1, 1))
+        self.refine_s1 = nn.Sequential(Conv2dNormActivation(1 + 3, 8, 3, norm_layer=None), nn.Conv2d(8, 1, 3, padding=1))
+
+    def forward(self, image: torch.Tensor, s2: torch.Tensor, s4: torch.Tensor, s16: torch.Tensor) -> torch.Tensor:
+        x = self.coarse({"low": s4, "high": s16})
+        x = F.interpolate(x, size=s2.shape[-2:], mode="bilinear", align_corners=False)
+        x = x + self.refine_s2(torch.cat([x, s2], 1))
+        x = F.interpolate(x, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return x + self.refine_s1(torch.cat([x, image], 1))
 
 
 class LocaliserNet(FCOS):
@@ -115,11 +162,35 @@ class LocaliserNet(FCOS):
                          score_thresh=config.score_thresh, nms_thresh=config.nms_thresh,
                          detections_per_img=config.max_detections, topk_candidates=200)
         self.config = config
+        # class-agnostic foreground ("product") logits on the stride-4 grid; trained apart from the detector
+        self.mask_head = MaskHead(config.mask_channels) if config.mask_channels else None
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The weights training changes (pyramid and head); the trunk comes from the ImageNet package."""
         return {k: v for k, v in self.state_dict().items()
                 if not k.startswith(("backbone.stem.", "backbone.blocks."))}
+
+
+class LocaliserNetwork(nn.Module):
+    """The convolutional part of a :class:`LocaliserNet`: a normalised, padded batch -> the head's raw outputs
+    (``HEAD_OUTPUTS``, concatenated over the pyramid levels) and, with a mask head, its logits; one trunk pass."""
+
+    def __init__(self, net: LocaliserNet) -> None:
+        super().__init__()
+        self.backbone = net.backbone
+        self.head = net.head
+        self.mask_head = net.mask_head
+
+    def output_names(self) -> tuple[str, ...]:
+        return HEAD_OUTPUTS + ((MASK_OUTPUT,) if self.mask_head is not None else ())
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        taps, (s2, s4) = self.backbone.taps_and_fine(images)
+        out = self.head(list(self.backbone.fpn(taps).values()))
+        heads = tuple(out[k] for k in HEAD_OUTPUTS)
+        if self.mask_head is None:
+            return heads
+        return (*heads, self.mask_head(images, s2, s4, taps[str(len(_TAPS) - 1)]))
 
 
 def save_localiser(model: LocaliserNet, path: str | Path, recipe: dict | None = None) -> Path:
@@ -155,12 +226,27 @@ def _to_tensor(image: Image.Image, long_side: int) -> tuple[torch.Tensor, float]
     return arr.float().div_(255), 1.0 / scale
 
 
+@dataclass(frozen=True)
+class Located:
+    """What a localiser found in a photo: ``detections`` (best first, boxes in the photo's pixels) and, when it
+    has a mask head, ``mask``: the foreground ("a product") probability on a grid that covers the photo (rows x
+    columns, about 40 cells along the longer side; resize it to the photo to use it)."""
+
+    detections: list[Detection]
+    mask: np.ndarray | None = None
+
+
 class Localiser:
     """Runs a trained :class:`LocaliserNet` on a photo; boxes come back in the photo's own pixels."""
 
     def __init__(self, model: LocaliserNet) -> None:
         self.model = model.eval()
         self.config = model.config
+        self._network = LocaliserNetwork(model).eval()
+
+    @property
+    def has_mask(self) -> bool:
+        return self.model.mask_head is not None
 
     @classmethod
     def load(cls, path: str | Path) -> Localiser:
@@ -169,21 +255,60 @@ class Localiser:
     @torch.inference_mode()
     def detect(self, image: Image.Image) -> list[Detection]:
         tensor, back = _to_tensor(image, self.config.image_size)
-        out = self.predict(tensor)
-        w, h = image.size
-        found = []
-        for (x0, y0, x1, y1), score in zip(out["boxes"].tolist(), out["scores"].tolist()):
-            x0, x1 = min(max(x0 * back, 0.0), w), min(max(x1 * back, 0.0), w)
-            y0, y1 = min(max(y0 * back, 0.0), h), min(max(y1 * back, 0.0), h)
-            if x1 - x0 >= 2 and y1 - y0 >= 2:
-                found.append(Detection((x0, y0, x1 - x0, y1 - y0), float(score)))
-        return found
+        return _in_photo(self.predict(tensor), back, image.size)
+
+    @torch.inference_mode()
+    def locate(self, image: Image.Image) -> Located:
+        """The detections and (with a mask head) the foreground mask, from one pass of the network."""
+        tensor, back = _to_tensor(image, self.config.image_size)
+        images, outputs = self.network_outputs(tensor)
+        found = _in_photo(self.decode(images, outputs, tensor), back, image.size)
+        if MASK_OUTPUT not in outputs:
+            return Located(found)
+        h, w = tensor.shape[-2:]
+        rows, cols = -(-h // MASK_STRIDE), -(-w // MASK_STRIDE)
+        mask = torch.sigmoid(outputs[MASK_OUTPUT][0, 0, :rows, :cols].float())
+        return Located(found, mask.numpy())
+
+    def network_outputs(self, tensor: torch.Tensor) -> tuple[ImageList, dict[str, torch.Tensor]]:
+        """FCOS's input transform and the network: the padded batch and the raw outputs by name (the head's
+        concatenated over the pyramid levels). ``models.localiser_runtime`` runs the network in another engine."""
+        images, _ = self.model.transform([tensor])
+        return images, dict(zip(self._network.output_names(), self._network(images.tensors), strict=True))
+
+    def decode(self, images: ImageList, outputs: dict[str, torch.Tensor], tensor: torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+        """FCOS's box decoding, score threshold and NMS on the network's raw outputs, as ``FCOS.forward`` does
+        them: ``boxes`` (x0, y0, x1, y1 in the input tensor's pixels) and ``scores``."""
+        net = self.model
+        height, width = images.tensors.shape[-2:]
+        sizes = [(height // s, width // s) for s in LEVEL_STRIDES]
+        per_level = [h * w for h, w in sizes]
+        if sum(per_level) != outputs["cls_logits"].shape[1]:
+            raise RuntimeError(f"localiser graph gave {outputs['cls_logits'].shape[1]} points for levels {sizes}")
+        head = {k: list(outputs[k].split(per_level, dim=1)) for k in HEAD_OUTPUTS}
+        shapes = [torch.empty(1, 0, h, w) for h, w in sizes]  # only their shapes feed the anchor generator
+        anchors = [list(a.split(per_level)) for a in net.anchor_generator(images, shapes)]
+        detections = net.postprocess_detections(head, anchors, images.image_sizes)
+        return net.transform.postprocess(detections, images.image_sizes, [tuple(tensor.shape[-2:])])[0]
 
 
     def predict(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's detections (``boxes`` x0,y0,x1,y1 in the tensor's pixels, ``scores``) for one [0, 1]
         image tensor (3,H,W); ``models.localiser_runtime`` runs the same network through another engine."""
         return self.model([tensor])[0]
+
+
+def _in_photo(out: dict[str, torch.Tensor], back: float, size: tuple[int, int]) -> list[Detection]:
+    """Detections from network coordinates to the photo's pixels (``back``: the factor), clipped to it."""
+    w, h = size
+    found = []
+    for (x0, y0, x1, y1), score in zip(out["boxes"].tolist(), out["scores"].tolist()):
+        x0, x1 = min(max(x0 * back, 0.0), w), min(max(x1 * back, 0.0), w)
+        y0, y1 = min(max(y0 * back, 0.0), h), min(max(y1 * back, 0.0), h)
+        if x1 - x0 >= 2 and y1 - y0 >= 2:
+            found.append(Detection((x0, y0, x1 - x0, y1 - y0), float(score)))
+    return found
 
 
 class ActivationLocaliser:
@@ -230,12 +355,11 @@ def _component(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
         region = grown
 
 
-def object_crop(image: Image.Image, box: Sequence[float], margin: float = 0.1,
-                fill: tuple[int, int, int] = (235, 235, 235)) -> Image.Image:
-    """The square around ``box`` (x, y, w, h) with ``margin`` on each side, framed as catalog photos frame a
-    product; kept inside the image where it fits, padded with a light ``fill`` where it does not."""
+def crop_window(size: tuple[int, int], box: Sequence[float], margin: float = 0.1) -> tuple[int, int, int]:
+    """Where :func:`object_crop` cuts: (left, top, side) of the square around ``box`` (x, y, w, h) with ``margin``
+    on each side, moved inside the photo of ``size`` where it fits (it may reach outside where it does not)."""
     x, y, w, h = (float(v) for v in box)
-    W, H = image.size
+    W, H = size
     side = max(w, h) * (1 + 2 * margin)
     cx, cy = x + w / 2, y + h / 2
     left, top = cx - side / 2, cy - side / 2
@@ -243,8 +367,15 @@ def object_crop(image: Image.Image, box: Sequence[float], margin: float = 0.1,
         left = min(max(left, 0.0), W - side)
     if side <= H:
         top = min(max(top, 0.0), H - side)
-    left_i, top_i = int(round(left)), int(round(top))
-    side_i = max(1, int(round(side)))
+    return int(round(left)), int(round(top)), max(1, int(round(side)))
+
+
+def object_crop(image: Image.Image, box: Sequence[float], margin: float = 0.1,
+                fill: tuple[int, int, int] = (235, 235, 235)) -> Image.Image:
+    """The square around ``box`` (x, y, w, h) with ``margin`` on each side, framed as catalog photos frame a
+    product; kept inside the image where it fits, padded with a light ``fill`` where it does not."""
+    W, H = image.size
+    left_i, top_i, side_i = crop_window(image.size, box, margin)
     if left_i >= 0 and top_i >= 0 and left_i + side_i <= W and top_i + side_i <= H:
         return image.crop((left_i, top_i, left_i + side_i, top_i + side_i))
     canvas = Image.new("RGB", (side_i, side_i), fill)

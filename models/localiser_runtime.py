@@ -18,32 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
-from models.localiser import Localiser, LocaliserNet, _to_tensor
+from models.localiser import HEAD_OUTPUTS, Localiser, LocaliserNet, LocaliserNetwork, _to_tensor
 from models.runtime import RuntimeOptions, resolve_runtime
 from models.runtime_export import export_if_missing
 
 
 EXPORT_FORMAT = "lookalike-localiser-onnx/1"  # bump when the exported graph changes
-HEAD_OUTPUTS = ("cls_logits", "bbox_regression", "bbox_ctrness")
-# Strides of the pyramid levels the head runs on (the trunk's stride-8 and stride-16 taps, and the max-pooled
-# stride 32); FCOS's transform pads the input to a multiple of 32, so each level is exactly (H/s, W/s).
-LEVEL_STRIDES = (8, 16, 32)
-
-
-class LocaliserNetwork(nn.Module):
-    """The exported part of a :class:`LocaliserNet`: a normalised, padded batch -> the head's raw outputs."""
-
-    def __init__(self, net: LocaliserNet) -> None:
-        super().__init__()
-        self.backbone = net.backbone
-        self.head = net.head
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.head(list(self.backbone(images).values()))
-        return tuple(out[k] for k in HEAD_OUTPUTS)
 
 
 def localiser_key(net: LocaliserNet) -> str:
@@ -59,10 +41,12 @@ def localiser_key(net: LocaliserNet) -> str:
 def export_localiser(net: LocaliserNet, cache_dir: Path) -> Path:
     """The cached ONNX file of ``net``'s network (fp32; batch, height and width dynamic), exported if missing."""
     size = net.config.image_size
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, **{k: {0: "batch", 1: "points"} for k in HEAD_OUTPUTS}}
+    names = LocaliserNetwork(net).output_names()
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, **{k: {0: "batch", 1: "points"} for k in HEAD_OUTPUTS},
+            **{k: {0: "batch", 2: "rows", 3: "cols"} for k in names if k not in HEAD_OUTPUTS}}
     return export_if_missing(cache_dir / localiser_key(net) / "model.onnx", "the localiser's network",
                              lambda: LocaliserNetwork(net.eval().to("cpu")).eval(), torch.zeros(1, 3, size, size),
-                             ["images"], list(HEAD_OUTPUTS), axes)
+                             ["images"], list(names), axes)
 
 
 class _StaticShapes:
@@ -156,27 +140,18 @@ class RuntimeLocaliser(Localiser):
         return _to_tensor(image, self.config.image_size)[0]
 
     def network_outputs(self, tensor: torch.Tensor) -> tuple[ImageList, dict[str, torch.Tensor]]:
-        """FCOS's input transform (in torch) and the network (in the engine): the padded batch and the head's
-        raw outputs, concatenated over the pyramid levels."""
+        """FCOS's input transform (in torch) and the network (in the engine): the padded batch and the raw
+        outputs by name (the head's concatenated over the pyramid levels; the mask head's logits if any)."""
+        if self._run is None:
+            return super().network_outputs(tensor)
         net: LocaliserNet = self.model  # type: ignore[assignment]
         images, _ = net.transform([tensor])
-        if self._run is None:
-            return images, dict(zip(HEAD_OUTPUTS, self._eager(images.tensors), strict=True))
         outputs = self._run(np.ascontiguousarray(images.tensors.numpy(), dtype=np.float32))
-        return images, {k: torch.from_numpy(np.asarray(v)) for k, v in zip(HEAD_OUTPUTS, outputs, strict=True)}
+        names = self._eager.output_names()
+        return images, {k: torch.from_numpy(np.asarray(v)) for k, v in zip(names, outputs, strict=True)}
 
     def predict(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._run is None:
             return super().predict(tensor)
-        net: LocaliserNet = self.model  # type: ignore[assignment]
         images, outputs = self.network_outputs(tensor)
-        height, width = images.tensors.shape[-2:]
-        sizes = [(height // s, width // s) for s in LEVEL_STRIDES]
-        per_level = [h * w for h, w in sizes]
-        if sum(per_level) != outputs["cls_logits"].shape[1]:
-            raise RuntimeError(f"localiser graph gave {outputs['cls_logits'].shape[1]} points for levels {sizes}")
-        head = {k: list(v.split(per_level, dim=1)) for k, v in outputs.items()}
-        shapes = [torch.empty(1, 0, h, w) for h, w in sizes]  # only their shapes feed the anchor generator
-        anchors = [list(a.split(per_level)) for a in net.anchor_generator(images, shapes)]
-        detections = net.postprocess_detections(head, anchors, images.image_sizes)
-        return net.transform.postprocess(detections, images.image_sizes, [tuple(tensor.shape[-2:])])[0]
+        return self.decode(images, outputs, tensor)

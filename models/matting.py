@@ -8,10 +8,16 @@ the object. Matting the object with its mask onto white and then cropping it lik
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["WHITE", "coarse_mask", "guided_upsample", "mask_box", "matte"]
+from models.localiser import crop_window, object_crop
+
+__all__ = ["WHITE", "coarse_mask", "guided_upsample", "mask_box", "matte", "matted_crop"]
 
 WHITE = (255, 255, 255)
 
@@ -47,20 +53,49 @@ def coarse_mask(mask: np.ndarray, long_side: int) -> np.ndarray:
 def guided_upsample(mask: np.ndarray, image: Image.Image, radius: int = 4, eps: float = 1e-3) -> np.ndarray:
     """``mask`` (any size, coverage in [0, 1]) brought to ``image``'s size with its edges snapped to the photo's:
     He et al.'s guided filter (grey guide) on the bilinearly upsampled mask. A head that predicts on a coarse grid
-    draws blurry edges; where the photo has an edge near them, the filter moves them there. Box filters only."""
-    import torch
-    import torch.nn.functional as F
-
+    draws blurry edges; where the photo has an edge near them, the filter moves them there. Separable box filters,
+    so the cost does not grow with ``radius``."""
     w, h = image.size
     guide = torch.from_numpy(np.array(image.convert("L"), dtype=np.float32) / 255.0)[None, None]
-    p = F.interpolate(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None], size=(h, w),
+    p = F.interpolate(torch.from_numpy(np.array(mask, dtype=np.float32))[None, None], size=(h, w),
                       mode="bilinear", align_corners=False)
+    k = 2 * radius + 1
 
     def box(x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+        x = F.avg_pool2d(x, (k, 1), stride=1, padding=(radius, 0), count_include_pad=False)
+        return F.avg_pool2d(x, (1, k), stride=1, padding=(0, radius), count_include_pad=False)
 
     mean_i, mean_p = box(guide), box(p)
     var_i = box(guide * guide) - mean_i * mean_i
     a = (box(guide * p) - mean_i * mean_p) / (var_i + eps)
     b = mean_p - a * mean_i
     return (box(a) * guide + box(b)).clamp_(0, 1)[0, 0].numpy()
+
+
+def matted_crop(image: Image.Image, mask: np.ndarray, box: Sequence[float], margin: float = 0.1,
+                max_side: int = 320, refine: bool = False, min_peak: float = 0.5) -> Image.Image:
+    """The object in ``box`` matted onto white and framed like a catalog photo: :func:`object_crop`'s square,
+    where ``mask`` (foreground probability on any grid that covers the whole photo) is resized to the crop,
+    optionally snapped to the photo's edges (:func:`guided_upsample`), and used as the matte. The crop is made
+    at most ``max_side`` px (the embedder shrinks it further anyway), which bounds the cost. Where the mask holds
+    no pixel of at least ``min_peak`` in the square, nothing is matted: the plain crop comes back."""
+    left, top, side = crop_window(image.size, box, margin)
+    scale = min(1.0, max_side / side)
+    crop = object_crop(image, box, margin, fill=WHITE)
+    if scale < 1.0:
+        crop = crop.resize((max(1, round(side * scale)),) * 2, Image.Resampling.BILINEAR)
+    n = crop.width
+    # the grid covers the photo: cell centres at ((c + 0.5) W / cols, (r + 0.5) H / rows); sample it at the
+    # crop's pixel centres (bilinear, zero outside the photo)
+    W, H = image.size
+    rows, cols = mask.shape
+    centres = (np.arange(n, dtype=np.float32) + 0.5) * (side / n)
+    gx = (left + centres) / W * 2 - 1
+    gy = (top + centres) / H * 2 - 1
+    grid = torch.stack(torch.meshgrid(torch.from_numpy(gy), torch.from_numpy(gx), indexing="ij")[::-1], dim=-1)
+    sampled = F.grid_sample(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None],
+                            grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0].numpy()
+    if sampled.max() < min_peak:
+        return object_crop(image, box, margin) if scale == 1.0 else object_crop(image, box, margin).resize(crop.size)
+    alpha = guided_upsample(sampled, crop, radius=max(1, n // 64)) if refine else sampled
+    return matte(crop, alpha)

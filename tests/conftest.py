@@ -140,3 +140,19 @@ def tiny_localiser_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                      LocaliserTrainConfig(scenes=192, iterations=100, batch_size=32, warmup=10,
                                                                           threads=1))
     return save_localiser(model, tmp_path_factory.mktemp("localiser") / "tiny.pt", summary)
+
+
+@pytest.fixture(scope="session")
+def tiny_mask_localiser_path(tmp_path_factory: pytest.TempPathFactory, tiny_localiser_path: Path) -> Path:
+    """The tiny localiser with a mask head trained on the fly (seconds) on the same kind of scenes."""
+    from models.localiser import LocaliserConfig, LocaliserNet, load_localiser, save_localiser
+    from training.mask_head import MaskTrainConfig, train_mask_head
+
+    base = load_localiser(tiny_localiser_path)
+    model = LocaliserNet(LocaliserConfig(**{**base.config.model_dump(), "mask_channels": 16}))
+    model.load_state_dict(base.state_dict(), strict=False)
+    cutouts = [product_cutout(p, v) for p in range(PRODUCTS) for v in range(IMAGES_PER_PRODUCT)]
+    backgrounds = [busy_background(s) for s in range(8)]
+    summary = train_mask_head(model, backgrounds, cutouts, MaskTrainConfig(scenes=128, iterations=80, batch_size=16,
+                                                                          lr=3e-2, warmup=5, threads=1))
+    return save_localiser(model, tmp_path_factory.mktemp("localiser") / "tiny-mask.pt", summary)

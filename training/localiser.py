@@ -11,8 +11,10 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from torchvision.models.detection.image_list import ImageList
 from models.localiser import Detector, LocaliserConfig, LocaliserNet
 from training.composite import Placed, SceneConfig, compose_scene, degrade, random_frame
 
-__all__ = ["LocaliserTrainConfig", "box_iou", "evaluate_localiser", "make_scene", "train_localiser"]
+__all__ = ["LocaliserTrainConfig", "box_iou", "evaluate_localiser", "make_scene", "train_localiser", "training_scene"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,14 @@ def make_scene(rng: np.random.Generator, backgrounds: Sequence[Image.Image], cut
                size: int, empty_prob: float = 0.0) -> tuple[Image.Image, list[Placed]]:
     """One square training scene at detection resolution with 0-2 products (a pasted product counts as an object
     when at least 40% of it is inside the frame)."""
+    image, placed = training_scene(rng, backgrounds, cutouts, size, empty_prob)
+    return image, [p for p in placed if p.visible >= 0.4 and p.box[2] >= 4 and p.box[3] >= 4]
+
+
+def training_scene(rng: np.random.Generator, backgrounds: Sequence[Image.Image], cutouts: Sequence[Image.Image],
+                   size: int, empty_prob: float = 0.0) -> tuple[Image.Image, list[Placed]]:
+    """A square scene of ``size`` px with 0-2 products at 12-85% of the frame, and every object pasted (also the
+    ones mostly outside the frame; the mask head learns from all of their pixels)."""
     config = SceneConfig(long_side=size, scale=(0.12, 0.85), cut_prob=0.25, second_prob=0.4,
                          second_scale=(0.4, 1.0), aspect=1.0)
     main = cutouts[int(rng.integers(len(cutouts)))]
@@ -54,7 +64,7 @@ def make_scene(rng: np.random.Generator, backgrounds: Sequence[Image.Image], cut
     if rng.random() < empty_prob:  # the same kind of photo without products
         image = degrade(rng, random_frame(rng, backgrounds[int(rng.integers(len(backgrounds)))], size, size))
         placed = []
-    return image, [p for p in placed if p.visible >= 0.4 and p.box[2] >= 4 and p.box[3] >= 4]
+    return image, placed
 
 
 def _scenes(rng: np.random.Generator, backgrounds, cutouts, size: int, count: int, empty_prob: float):
@@ -98,13 +108,20 @@ def train_localiser(backgrounds: Sequence[Image.Image], cutouts: Sequence[Image.
     The trunk is frozen, so each scene's trunk features are computed once and the pyramid and head train on
     them for as many passes as ``iterations`` asks (about 20x cheaper per step than running the trunk).
     """
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _train(backgrounds, cutouts, model_config, config, progress)
-    finally:
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (None: as set), then restore the count."""
+    before = torch.get_num_threads()
+    if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train(backgrounds: Sequence[Image.Image], cutouts: Sequence[Image.Image], model_config: LocaliserConfig,
@@ -119,6 +136,25 @@ def _train(backgrounds: Sequence[Image.Image], cutouts: Sequence[Image.Image], m
     del images
     prepared = time.perf_counter() - started
     params = [p for p in model.parameters() if p.requires_grad]
+    step, losses = optimise(params, lambda pick: _loss(model, [t[pick] for t in taps],
+                                                       [targets[i] for i in pick.tolist()], size),
+                            config, rng, started + prepared, progress, clip=5.0)
+    model.eval()
+    summary = {"steps": step, "seconds": round(time.perf_counter() - started, 1),
+               "scene_and_feature_seconds": round(prepared, 1),
+               "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
+               "recipe": {**asdict(config), "model": model_config.model_dump()}}
+    return model, summary
+
+
+def optimise(params: list[torch.nn.Parameter], loss_of: Callable[[torch.Tensor], torch.Tensor],
+             config: LocaliserTrainConfig | Any, rng: np.random.Generator, steps_from: float,
+             progress: Callable[[int, float], None] | None = None, clip: float | None = None
+             ) -> tuple[int, list[float]]:
+    """AdamW with linear warm-up then cosine decay over ``config.iterations`` steps of ``loss_of(batch indices)``
+    (``config.batch_size`` of ``config.scenes``, drawn by ``rng``); stops early once ``config.time_budget_s``
+    seconds have passed since ``steps_from`` (a ``time.perf_counter()`` value). Returns the steps run and the
+    losses."""
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     def schedule(step: int) -> float:
@@ -131,24 +167,20 @@ def _train(backgrounds: Sequence[Image.Image], cutouts: Sequence[Image.Image], m
     step = 0
     for step in range(1, config.iterations + 1):
         pick = torch.from_numpy(rng.choice(config.scenes, size=min(config.batch_size, config.scenes), replace=False))
-        loss = _loss(model, [t[pick] for t in taps], [targets[i] for i in pick.tolist()], size)
+        loss = loss_of(pick)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         optimiser.step()
         scheduler.step()
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(step, losses[-1])
-        if config.time_budget_s is not None and time.perf_counter() - started - prepared > config.time_budget_s:
+        if config.time_budget_s is not None and time.perf_counter() - steps_from > config.time_budget_s:
             log.info("time budget reached after %d steps", step)
             break
-    model.eval()
-    summary = {"steps": step, "seconds": round(time.perf_counter() - started, 1),
-               "scene_and_feature_seconds": round(prepared, 1),
-               "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
-               "recipe": {**asdict(config), "model": model_config.model_dump()}}
-    return model, summary
+    return step, losses
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

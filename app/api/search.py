@@ -139,15 +139,25 @@ async def locate(request: Request, state: ServiceState, settings: Settings, data
                                                        short_side=draft, max_aspect_ratio=settings.max_aspect_ratio))
     original = oriented_size(data)
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - start
-    detections = []
+    detections, mask = [], None
     if localiser is not None:
         start = time.perf_counter()
         async with request.app.state.forward_slots:
-            detections = await run_in_threadpool(localiser.detect, image)
+            if settings.matte_objects and localiser.has_mask:
+                found = await run_in_threadpool(localiser.locate, image)
+                detections, mask = found.detections, found.mask
+            else:
+                detections = await run_in_threadpool(localiser.detect, image)
         detections = [d for d in detections if d.score >= settings.localiser_min_score]
         timings["localise"] = timings.get("localise", 0.0) + time.perf_counter() - start
     whole_first = bool(detections) and options.box is None and is_catalog_photo(image, settings)
-    return regions(image, original, detections, options.box, settings.crop_margin, whole_first)
+    if mask is None:
+        return regions(image, original, detections, options.box, settings.crop_margin, whole_first)
+    start = time.perf_counter()  # matting is part of localising's cost
+    found_regions = await run_in_threadpool(regions, image, original, detections, options.box, settings.crop_margin,
+                                            whole_first, mask)
+    timings["localise"] += time.perf_counter() - start
+    return found_regions
 
 
 async def routed_response(settings: Settings, state: ServiceState, gen: LoadedGeneration, vector: np.ndarray,

@@ -68,7 +68,8 @@ def test_search_crops_the_detected_product(client):
     assert box_iou((box["x"], box["y"], box["w"], box["h"]), truth) >= 0.5, (box, truth)
     assert "localise" in body["timings_ms"]
     whole = search(client, jpeg(photo), k="3", localise="false").json()
-    assert whole["box"] == {"x": 0, "y": 0, "w": 400, "h": 300, "localised": False, "source": "whole", "score": None}
+    assert whole["box"] == {"x": 0, "y": 0, "w": 400, "h": 300, "localised": False, "source": "whole", "score": None,
+                           "matted": False}
     assert "localise" not in whole["timings_ms"]
     # the crop finds the product at least as well as the whole frame does
     rank = lambda b: [r["product_id"] for r in b["results"]].index("p3") if "p3" in [r["product_id"] for r in b["results"]] else 99  # noqa: E731
@@ -106,7 +107,8 @@ def test_nothing_found_searches_the_whole_photo(built_data_dir, tiny_localiser_p
     flat = Image.new("RGB", (320, 240), (128, 128, 128))
     with TestClient(create_app(settings)) as strict:
         body = search(strict, jpeg(flat), k="3").json()
-    assert body["box"] == {"x": 0, "y": 0, "w": 320, "h": 240, "localised": False, "source": "whole", "score": None}
+    assert body["box"] == {"x": 0, "y": 0, "w": 320, "h": 240, "localised": False, "source": "whole", "score": None,
+                           "matted": False}
     assert body["objects"] == [] and len(body["results"]) == 3
     assert "localise" in body["timings_ms"]  # the localiser ran and found nothing
 
@@ -150,3 +152,38 @@ def test_category_routing_shows_the_category_and_reranks(client, built_data_dir,
                                                                              else 1 - p)))
     assert [r["item_id"] for r in body["results"]] == [r["item_id"] for r in boosted[:4]]
     assert [r["score"] for r in body["results"]] == [r["score"] for r in boosted[:4]]
+
+
+def test_with_a_mask_head_the_object_is_matted_onto_white(client, built_data_dir, tiny_mask_localiser_path):
+    """A localiser with a mask head: the searched object is cut out and put on white (box.matted); the caller's
+    box is matted too; MATTE_OBJECTS=false gives the plain crop, as without a mask head."""
+    from models.localiser import Localiser
+    from models.matting import matted_crop
+
+    settings = Settings(data_dir=built_data_dir, reload_interval_s=0, device="cpu",
+                        localiser_weights=tiny_mask_localiser_path)
+    photo, truth = shopper_photo(3, (180, 90))
+    with TestClient(create_app(settings)) as matting:
+        body = search(matting, jpeg(photo), k="3").json()
+        caller = search(matting, jpeg(photo), k="3", box=",".join(str(v) for v in truth)).json()
+        flat = search(matting, jpeg(Image.new("RGB", (320, 240), (128, 128, 128))), k="3").json()
+    assert body["box"]["source"] == "detected" and body["box"]["matted"] is True
+    assert caller["box"]["source"] == "caller" and caller["box"]["matted"] is True
+    assert flat["box"]["matted"] is False  # nothing found: the whole photo, as before
+    assert body["results"][0]["product_id"] == "p3"
+    # the service searched exactly the matted crop of its box
+    decoded = Image.open(io.BytesIO(jpeg(photo))).convert("RGB")
+    found = Localiser.load(tiny_mask_localiser_path).locate(decoded)
+    first = found.detections[0].box
+    assert box_iou(first, (body["box"]["x"], body["box"]["y"], body["box"]["w"], body["box"]["h"])) > 0.95
+    crop = io.BytesIO()
+    matted_crop(decoded, found.mask, first).save(crop, "PNG")
+    with TestClient(create_app(settings)) as matting:
+        direct = search(matting, crop.getvalue(), k="3", localise="false").json()
+    assert [r["item_id"] for r in direct["results"]] == [r["item_id"] for r in body["results"]]
+    assert [r["score"] for r in direct["results"]] == pytest.approx([r["score"] for r in body["results"]], abs=0.02)
+    plain_settings = settings.model_copy(update={"matte_objects": False})
+    with TestClient(create_app(plain_settings)) as plain:
+        unmatted = search(plain, jpeg(photo), k="3").json()
+    assert unmatted["box"]["matted"] is False
+    assert unmatted["box"]["x"] == body["box"]["x"]  # the same box, searched as a plain crop

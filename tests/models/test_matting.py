@@ -66,3 +66,50 @@ def test_guided_upsample_snaps_a_coarse_mask_to_the_photo_edge():
         assert refined.shape == (64, 64)
         assert ((refined >= 0.5) == (truth >= 0.5)).all()
         assert ((coarse_mask(truth, 8) >= 0.5) != (truth >= 0.5)).any()  # bilinear alone misses the edge
+
+
+def test_matted_crop_is_the_crop_with_the_background_whitened():
+    from models.localiser import object_crop
+    from models.matting import matted_crop
+
+    image = busy_background(4, (320, 240))
+    box = (100, 60, 80, 100)
+    plain = object_crop(image, box, 0.1)
+    assert matted_crop(image, np.zeros((60, 80), np.float32), box) .tobytes() == plain.tobytes()  # empty: plain
+    assert matted_crop(image, np.ones((60, 80), np.float32), box).tobytes() == plain.tobytes()  # all object
+    left_half = np.zeros((60, 80), np.float32)
+    left_half[:, :35] = 1.0  # the photo's x < 140 is foreground (the box spans 100-180)
+    out = np.asarray(matted_crop(image, left_half, box), dtype=np.int32)
+    side = plain.width  # 120 px from x = 80
+    assert (out[:, : 140 - 80 - 4] == np.asarray(plain, dtype=np.int32)[:, : 140 - 80 - 4]).all()
+    assert (out[:, 140 - 80 + 4:] == 255).all() and out.shape[1] == side
+
+
+def test_tiny_mask_head_finds_the_product(tiny_mask_localiser_path, tiny_localiser_path):
+    from models.localiser import Localiser
+    from models.localiser_runtime import RuntimeLocaliser
+    from models.runtime import RuntimeOptions
+    from training.mask_head import mask_iou, scene_mask
+
+    localiser = Localiser.load(tiny_mask_localiser_path)
+    assert localiser.has_mask and not Localiser.load(tiny_localiser_path).has_mask
+    assert Localiser.load(tiny_localiser_path).locate(busy_background(1)).mask is None
+    cutouts = [product_cutout(p, 9) for p in range(6)]
+    ious, plain = [], []
+    for i in range(8):
+        rng = np.random.default_rng([3, i])
+        image, placed = compose_scene(rng, [busy_background(200 + i)], cutouts[i % 6], [],
+                                      SceneConfig(long_side=256, scale=(0.35, 0.6), cut_prob=0, degrade=False))
+        found = localiser.locate(image)
+        assert found.detections == localiser.detect(image)  # one pass gives both
+        grid = found.mask
+        assert max(grid.shape) == 128 and grid.shape[0] / grid.shape[1] == pytest.approx(image.height / image.width, rel=0.05)
+        predicted = np.asarray(Image.fromarray(grid, "F").resize(image.size, Image.Resampling.BILINEAR))
+        truth = scene_mask(image, placed)
+        ious.append(mask_iou(predicted, truth))
+        plain.append(mask_iou(np.ones_like(truth), truth))  # "everything is the object"
+    assert np.mean(ious) >= 0.4 and np.mean(ious) > 3 * np.mean(plain), (ious, plain)
+    runtime = RuntimeLocaliser.load_with(tiny_mask_localiser_path, RuntimeOptions(runtime="auto"))
+    other = runtime.locate(image)
+    assert np.abs(other.mask - found.mask).max() < 1e-3
+    assert [v for d in other.detections for v in d.box] == pytest.approx([v for d in found.detections for v in d.box], abs=0.05)
