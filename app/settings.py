@@ -104,9 +104,11 @@ class Settings(BaseSettings):
     category_route_weight: float = Field(default=0.1, ge=0, le=1, description="score + this x p(category)")
     whole_catalog_photos: bool = Field(default=True, description="search a photo whole when its border is plain "
                                        "(a catalog-style photo: cropping it costs R@1); its objects are still listed")
-    matte_objects: bool = Field(default=True, description="cut the searched object out with the localiser's mask "
-                                "head (when its weights have one) and put it on white before embedding, as catalog "
-                                "images show products; a region whose mask is empty is searched as a plain crop")
+    matte_objects: bool = Field(default=False, description="cut the searched object out with the localiser's mask "
+                                "head (when its weights have one: `lookalike train-mask`) and put it on white before "
+                                "embedding, as catalog images show products; a region whose mask is empty is searched "
+                                "as a plain crop. Off by default: the trained head does not beat the plain crop yet "
+                                "(README: shoppers' photos)")
 
     # service behaviour
     reload_interval_s: float = Field(default=2.0, ge=0, description="0 disables watching for new generations")

@@ -43,7 +43,7 @@ from models import Embedder, ModelConfig, build_model  # noqa: E402
 from models.category_probe import fit_category_probe  # noqa: E402
 from models.localiser import (ActivationLocaliser, Detector, Localiser, looks_like_catalog_photo,  # noqa: E402
                               object_crop)
-from models.matting import WHITE, coarse_mask, matte, matted_crop  # noqa: E402
+from models.matting import WHITE, box_from_mask, coarse_mask, matte, matted_crop  # noqa: E402
 from training.composite import (BENCH_WALLPAPERS, Placed, SceneConfig, compose_scene, load_backgrounds,  # noqa: E402
                                 wallpaper_paths)
 
@@ -266,6 +266,9 @@ def main() -> None:
                     matted_crop(im, f.mask, f.detections[0].box) if f.detections else im
                     for im, f in zip(images, located)]
             else:
+                matted[(set_name, f"crop: box from {mask_name}'s mask in its box's square, on white")] = [
+                    matted_crop(im, f.mask, box_from_mask(f.mask, im.size, f.detections[0].box)) if f.detections
+                    else im for im, f in zip(images, located)]
                 matted[(set_name, f"crop: true box, {mask_name}'s mask on white")] = [
                     matted_crop(im, f.mask, b) for im, f, b in zip(images, located, truth_boxes)]
                 matted[(set_name, f"crop: true box, {mask_name}'s mask snapped by a guided filter, on white")] = [

@@ -115,7 +115,9 @@ def train_mask(
     scenes: Scenes = 1000,
     iterations: Iterations = 1000,
     time_budget: TimeBudget = 900.0,
-    channels: Annotated[int, typer.Option(help="the LR-ASPP head's width")] = 32,
+    channels: Annotated[int, typer.Option(help="the LR-ASPP head's width")] = 64,
+    variants: Annotated[int, typer.Option(help="extra backgrounds: mosaics of every non-benchmark wallpaper, "
+                                               "hue and contrast changed")] = 200,
     workers: Workers = 2,
     threads: Threads = 1,
     seed: int = 0,
@@ -126,7 +128,8 @@ def train_mask(
     from PIL import Image
 
     from models.localiser import Localiser, LocaliserConfig, LocaliserNet, load_localiser, save_localiser
-    from training.composite import SceneConfig, compose_scene
+    from training.composite import (SceneConfig, background_variants, compose_scene, load_backgrounds,
+                                    non_benchmark_wallpapers)
     from training.mask_head import MaskTrainConfig, mask_iou, scene_mask, train_mask_head
 
     if not localiser.exists():
@@ -134,6 +137,8 @@ def train_mask(
     started = time.perf_counter()
     excluded = frozenset(json.loads(holdout.read_text())["test"]) if holdout else frozenset()
     train_bg, check_bg, train_cut, check_cut = _composite_material(ctx, cutouts_dir, products, workers, excluded)
+    mask_bg = load_backgrounds(non_benchmark_wallpapers(), max_side=640)
+    mask_bg += background_variants(np.random.default_rng([seed, 5]), mask_bg, variants)
     base = load_localiser(localiser)
     model = LocaliserNet(LocaliserConfig(**{**base.config.model_dump(), "mask_channels": channels}))
     model.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("mask_head.")},
@@ -143,7 +148,7 @@ def train_mask(
     typer.echo(f"training the mask head on {scenes} composites of {len(train_cut)} products (at most {iterations} "
                f"steps, {time_budget:.0f} s)")
     with typer.progressbar(length=iterations, label="train-mask") as bar:
-        summary = train_mask_head(model, train_bg, train_cut, config, progress=lambda step, loss: bar.update(1))
+        summary = train_mask_head(model, mask_bg, train_cut, config, progress=lambda step, loss: bar.update(1))
     found = Localiser(model)
     figures = {}
     for name, backgrounds in (("benchmark_backgrounds", check_bg), ("training_backgrounds", train_bg)):
@@ -156,6 +161,7 @@ def train_mask(
             ious.append(mask_iou(predicted, scene_mask(image, placed)))
         figures[name] = {"mask_iou": round(float(np.mean(ious)), 4), "scenes": len(ious)}
     summary.update({"figures": figures, "held_out_products": len(check_cut), "train_products": len(train_cut),
+                    "backgrounds": len(mask_bg),
                     "excluded_products": len(excluded), "total_seconds": round(time.perf_counter() - started, 1)})
     recipe_path = localiser.with_suffix(".json")
     recipe = json.loads(recipe_path.read_text()) if recipe_path.exists() else {}

@@ -99,3 +99,19 @@ def matted_crop(image: Image.Image, mask: np.ndarray, box: Sequence[float], marg
         return object_crop(image, box, margin) if scale == 1.0 else object_crop(image, box, margin).resize(crop.size)
     alpha = guided_upsample(sampled, crop, radius=max(1, n // 64)) if refine else sampled
     return matte(crop, alpha)
+
+
+def box_from_mask(mask: np.ndarray, size: tuple[int, int], box: Sequence[float], margin: float = 0.1,
+                  threshold: float = 0.5) -> tuple[float, float, float, float]:
+    """The box around the mask's foreground (>= ``threshold``) inside :func:`object_crop`'s square for ``box``, in
+    the photo's pixels (``mask`` is a grid over the whole photo of ``size``); ``box`` itself where none is."""
+    W, H = size
+    rows, cols = mask.shape
+    left, top, side = crop_window(size, box, margin)
+    r0, r1 = max(0, int(top * rows / H)), min(rows, int(np.ceil((top + side) * rows / H)))
+    c0, c1 = max(0, int(left * cols / W)), min(cols, int(np.ceil((left + side) * cols / W)))
+    found = mask_box(mask[r0:r1, c0:c1], threshold) if r1 > r0 and c1 > c0 else None
+    if found is None:
+        return tuple(float(v) for v in box)  # type: ignore[return-value]
+    x, y, w, h = found
+    return (c0 + x) * W / cols, (r0 + y) * H / rows, w * W / cols, h * H / rows

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 __all__ = [
-    "BENCH_WALLPAPERS", "TRAIN_WALLPAPERS", "WALLPAPER_DIR", "Placed", "SceneConfig", "compose_scene", "degrade",
-    "load_backgrounds", "random_frame", "wallpaper_paths",
+    "BENCH_WALLPAPERS", "TRAIN_WALLPAPERS", "WALLPAPER_DIR", "Placed", "SceneConfig", "background_variants",
+    "compose_scene", "degrade", "load_backgrounds", "non_benchmark_wallpapers", "random_frame", "wallpaper_paths",
 ]
 
 WALLPAPER_DIR = Path("/usr/share/wallpapers")
@@ -35,11 +35,13 @@ class BackgroundsMissing(FileNotFoundError):
     """The background photographs are not installed."""
 
 
-def wallpaper_paths(names: Sequence[str], directory: Path = WALLPAPER_DIR) -> list[Path]:
-    """One image file per named wallpaper (its largest landscape JPEG); raises when none is installed."""
+def wallpaper_paths(names: Sequence[str], directory: Path = WALLPAPER_DIR, suffixes: Sequence[str] = (".jpg",)
+                    ) -> list[Path]:
+    """One image file per named wallpaper (its largest landscape image of ``suffixes``); raises when none is
+    installed."""
     found = []
     for name in names:
-        images = sorted((directory / name / "contents" / "images").glob("*.jpg"))
+        images = sorted(p for p in (directory / name / "contents" / "images").glob("*") if p.suffix in suffixes)
         landscape = [p for p in images if _landscape(p.stem)]
         if landscape or images:
             found.append(max(landscape or images, key=lambda p: _pixels(p.stem)))
@@ -47,6 +49,33 @@ def wallpaper_paths(names: Sequence[str], directory: Path = WALLPAPER_DIR) -> li
         raise BackgroundsMissing(f"no background photographs under {directory}: apt-get install "
                                  "plasma-workspace-wallpapers (or pass your own photos)")
     return found
+
+
+def non_benchmark_wallpapers(directory: Path = WALLPAPER_DIR) -> list[Path]:
+    """Every installed wallpaper except the benchmark's (JPEG or PNG; photographs, drawings and abstract art):
+    the widest variety of backgrounds a model may train on without seeing the benchmark's."""
+    names = sorted(d.name for d in directory.glob("*") if d.is_dir() and d.name not in BENCH_WALLPAPERS)
+    return wallpaper_paths(names, directory, suffixes=(".jpg", ".png"))
+
+
+def background_variants(rng: np.random.Generator, backgrounds: Sequence[Image.Image], count: int,
+                        size: int = 640) -> list[Image.Image]:
+    """``count`` more backgrounds made from ``backgrounds``: 2 x 2 mosaics of random crops, each with its hue
+    turned and its contrast changed at random (a segmentation head must not learn a few photos by heart)."""
+    out = []
+    half = size // 2
+    for _ in range(count):
+        tile = Image.new("RGB", (size, size))
+        for k in range(4):
+            part = random_frame(rng, backgrounds[int(rng.integers(len(backgrounds)))], half, half)
+            hsv = np.asarray(part.convert("HSV"), dtype=np.int16)
+            hsv[..., 0] = (hsv[..., 0] + int(rng.integers(256))) % 256
+            part = Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
+            arr = np.asarray(part, dtype=np.float32)
+            arr = (arr - arr.mean()) * rng.uniform(0.6, 1.4) + arr.mean() * rng.uniform(0.7, 1.3)
+            tile.paste(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), ((k % 2) * half, (k // 2) * half))
+        out.append(tile)
+    return out
 
 
 def _pixels(stem: str) -> int:

@@ -113,3 +113,13 @@ def test_tiny_mask_head_finds_the_product(tiny_mask_localiser_path, tiny_localis
     other = runtime.locate(image)
     assert np.abs(other.mask - found.mask).max() < 1e-3
     assert [v for d in other.detections for v in d.box] == pytest.approx([v for d in found.detections for v in d.box], abs=0.05)
+
+
+def test_box_from_mask_keeps_to_the_boxs_square():
+    from models.matting import box_from_mask
+
+    mask = np.zeros((30, 40), np.float32)  # a grid over a 400 x 300 photo: 10 px cells
+    mask[5:15, 5:12] = 1.0  # the object: x 50-120, y 50-150
+    mask[20:28, 30:38] = 1.0  # another one far away: x 300-380, y 200-280
+    assert box_from_mask(mask, (400, 300), (60, 60, 50, 80)) == pytest.approx((50, 50, 70, 100))
+    assert box_from_mask(mask, (400, 300), (150, 20, 20, 20)) == (150, 20, 20, 20)  # nothing there: the box
