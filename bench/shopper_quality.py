@@ -108,6 +108,14 @@ def build_scenes(demo_dir: Path, scenes_dir: Path, cutouts_dir: Path, products: 
     return rows
 
 
+def box_mask(size: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
+    """1 inside ``box`` (x, y, w, h, rounded to pixels), 0 elsewhere, in a frame of ``size``."""
+    mask = np.zeros((size[1], size[0]), np.float32)
+    x, y, w, h = (int(round(v)) for v in box)
+    mask[max(0, y):y + h, max(0, x):x + w] = 1.0
+    return mask
+
+
 def embed_crops(embedder: Embedder, images: list[Image.Image], boxes: list[tuple | None]) -> np.ndarray:
     """Embed each image's crop around its box (the whole image where the box is None)."""
     crops = [object_crop(im, box) if box is not None else im for im, box in zip(images, boxes)]
@@ -218,6 +226,8 @@ def main() -> None:
         ("shopper", "crop: true mask on a 40-cell grid on white (oracle)"): [
         object_crop(matte(im, coarse_mask(m, 40)), b, fill=WHITE)
         for im, m, b in zip(shop_images, shop_masks, oracle_boxes)]}
+    matted[("shopper", "crop: true box, outside it on white (oracle, no mask)")] = [
+        object_crop(matte(im, box_mask(im.size, b)), b, fill=WHITE) for im, b in zip(shop_images, oracle_boxes)]
     if args.degradation_rows:  # the same scenes before the camera faults: how much of the gap is blur/noise/JPEG
         plain = {stem: (scene, placed) for stem, _, scene, placed in compose_queries(
             args.demo_dir, args.cutouts_dir, products, args.seed, args.workers, degrade=False)}
@@ -245,6 +255,10 @@ def main() -> None:
     # crop (plain crop where the mask is empty there; whole frame where nothing is found or on catalog-style photos)
     mask_localiser = Localiser.load(args.mask_localiser or args.localiser) if (args.mask_localiser or
                                                                                args.localiser).exists() else None
+    if trained_name is not None:  # the cheapest matte: whiten what is outside the box
+        matted[("shopper", f"crop: {trained_name}, outside its box on white")] = [
+            object_crop(matte(im, box_mask(im.size, b)), b, fill=WHITE) if b is not None else im
+            for im, b in zip(shop_images, shop_boxes[trained_name])]
     if mask_localiser is not None and mask_localiser.has_mask:
         mask_name = f"localiser {(args.mask_localiser or args.localiser).name}"
         for set_name, images, truth_boxes in (("shopper", shop_images, oracle_boxes), ("clean", clean_images, None)):
