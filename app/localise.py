@@ -12,17 +12,15 @@ import io
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from app.errors import ApiError
 from app.schemas import QueryBox
 from app.settings import Settings
-import numpy as np
-
-from models.localiser import (PACKAGED_WEIGHTS, Detection, Localiser, crop_window, looks_like_catalog_photo,
-                              object_crop)
-from models.matting import matted_crop
+from models.localiser import PACKAGED_WEIGHTS, Detection, Localiser, looks_like_catalog_photo, object_crop
 from models.localiser_runtime import RuntimeLocaliser
+from models.matting import mask_peak, matted_crop
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +78,6 @@ def is_catalog_photo(image: Image.Image, settings: Settings) -> bool:
 MATTE_MIN_PEAK = 0.5
 
 
-def _mask_peak(mask: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float],
-               margin: float) -> float:
-    """The mask's highest foreground probability inside the square that :func:`object_crop` cuts for ``box``
-    (the mask is a grid over the whole photo of ``size``)."""
-    left, top, side = crop_window(size, box, margin)
-    rows, cols = mask.shape
-    W, H = size
-    r0, r1 = max(0, int(top * rows / H)), min(rows, int(np.ceil((top + side) * rows / H)))
-    c0, c1 = max(0, int(left * cols / W)), min(cols, int(np.ceil((left + side) * cols / W)))
-    return float(mask[r0:r1, c0:c1].max()) if r1 > r0 and c1 > c0 else 0.0
-
-
 @dataclass(frozen=True)
 class Region:
     """A region to search: its box in the original photo's pixels and its crop of the decoded photo."""
@@ -114,7 +100,7 @@ def regions(image: Image.Image, original: tuple[int, int] | None, detections: li
     def region(det_box: tuple[float, float, float, float], source: str, score: float | None) -> Region:
         x, y, w, h = det_box
         whole = source in ("whole", "catalog_photo")
-        matted = not whole and mask is not None and _mask_peak(mask, image.size, det_box, margin) >= MATTE_MIN_PEAK
+        matted = not whole and mask is not None and mask_peak(mask, image.size, det_box, margin) >= MATTE_MIN_PEAK
         reported = QueryBox(x=round(x * sx, 1), y=round(y * sy, 1), w=round(w * sx, 1), h=round(h * sy, 1),
                             localised=source == "detected", source=source,
                             score=None if score is None else round(score, 4), matted=matted)

@@ -17,7 +17,8 @@ from PIL import Image
 
 from models.localiser import crop_window, object_crop
 
-__all__ = ["WHITE", "coarse_mask", "guided_upsample", "mask_box", "matte", "matted_crop"]
+__all__ = ["WHITE", "box_from_mask", "coarse_mask", "guided_upsample", "mask_box", "mask_peak", "matte",
+           "matted_crop"]
 
 WHITE = (255, 255, 255)
 
@@ -101,15 +102,32 @@ def matted_crop(image: Image.Image, mask: np.ndarray, box: Sequence[float], marg
     return matte(crop, alpha)
 
 
+def _window_cells(mask: np.ndarray, size: tuple[int, int], box: Sequence[float], margin: float
+                  ) -> tuple[int, int, int, int]:
+    """(r0, r1, c0, c1): the cells of ``mask`` (a grid over the whole photo of ``size``) that
+    :func:`object_crop`'s square for ``box`` covers, clipped to the grid (empty where it covers none)."""
+    W, H = size
+    rows, cols = mask.shape
+    left, top, side = crop_window(size, box, margin)
+    r0, r1 = max(0, int(top * rows / H)), min(rows, int(np.ceil((top + side) * rows / H)))
+    c0, c1 = max(0, int(left * cols / W)), min(cols, int(np.ceil((left + side) * cols / W)))
+    return r0, r1, c0, c1
+
+
+def mask_peak(mask: np.ndarray, size: tuple[int, int], box: Sequence[float], margin: float = 0.1) -> float:
+    """The mask's highest foreground probability inside :func:`object_crop`'s square for ``box`` (``mask`` is a
+    grid over the whole photo of ``size``); 0 where the square covers no cell."""
+    r0, r1, c0, c1 = _window_cells(mask, size, box, margin)
+    return float(mask[r0:r1, c0:c1].max()) if r1 > r0 and c1 > c0 else 0.0
+
+
 def box_from_mask(mask: np.ndarray, size: tuple[int, int], box: Sequence[float], margin: float = 0.1,
                   threshold: float = 0.5) -> tuple[float, float, float, float]:
     """The box around the mask's foreground (>= ``threshold``) inside :func:`object_crop`'s square for ``box``, in
     the photo's pixels (``mask`` is a grid over the whole photo of ``size``); ``box`` itself where none is."""
     W, H = size
     rows, cols = mask.shape
-    left, top, side = crop_window(size, box, margin)
-    r0, r1 = max(0, int(top * rows / H)), min(rows, int(np.ceil((top + side) * rows / H)))
-    c0, c1 = max(0, int(left * cols / W)), min(cols, int(np.ceil((left + side) * cols / W)))
+    r0, r1, c0, c1 = _window_cells(mask, size, box, margin)
     found = mask_box(mask[r0:r1, c0:c1], threshold) if r1 > r0 and c1 > c0 else None
     if found is None:
         return tuple(float(v) for v in box)  # type: ignore[return-value]
