@@ -138,6 +138,20 @@ class BenchLock:
             self.handle.close()
 
 
+def timed_build(vectors: np.ndarray, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The index the chooser picks for ``vectors`` (or ``--index``), built and tuned on ``--build-threads``:
+    (store, the chooser's reason, build report, seconds)."""
+    faiss.omp_set_num_threads(args.build_threads)
+    start = time.perf_counter()
+    targets = IndexTargets()
+    n, dim = vectors.shape
+    plan = choose_index(n, dim, targets=targets, force=None if args.index == "auto" else args.index)
+    store, report = build_store(vectors, plan, target=targets.recall)
+    build_s = time.perf_counter() - start
+    faiss.omp_set_num_threads(1)
+    return store, plan.reason, report, build_s
+
+
 def bench_store_only(n: int, args: argparse.Namespace) -> list[Row]:
     """The vector store alone (no catalog database, no planner): for sizes whose SQLite catalog would take too
     long to write on this machine. Filters are id masks made per query (as the planner hands them over);
@@ -147,16 +161,10 @@ def bench_store_only(n: int, args: argparse.Namespace) -> list[Row]:
     gen_s = time.perf_counter() - start
     dim = vectors.shape[1]
     categories = categories_for(n, seed=n + 7)
-    faiss.omp_set_num_threads(args.build_threads)
-    start = time.perf_counter()
-    targets = IndexTargets()
-    plan = choose_index(n, dim, targets=targets, force=None if args.index == "auto" else args.index)
-    store, report = build_store(vectors, plan, target=targets.recall)
-    build_s = time.perf_counter() - start
-    faiss.omp_set_num_threads(1)
+    store, reason, report, build_s = timed_build(vectors, args)
     mib = store.memory_bytes / 2**20
     index = f"{store.spec.factory}" + (f" nprobe={store.spec.nprobe}" if store.spec.is_ivf else "")
-    print(f"# {n:,} vectors of dim {dim} (store only): generated in {gen_s:.0f}s; index {index} ({plan.reason}); "
+    print(f"# {n:,} vectors of dim {dim} (store only): generated in {gen_s:.0f}s; index {index} ({reason}); "
           f"build+tune {build_s:.0f}s, recall@10 at build {report.recall_at_10}; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB", flush=True)
     out: list[Row] = []
@@ -206,18 +214,12 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
     del rows
     catalog_s = time.perf_counter() - start
 
-    faiss.omp_set_num_threads(args.build_threads)
-    start = time.perf_counter()
-    targets = IndexTargets()
-    plan = choose_index(n, dim, targets=targets, force=None if args.index == "auto" else args.index)
-    store, report = build_store(vectors, plan, target=targets.recall)
-    build_s = time.perf_counter() - start
-    faiss.omp_set_num_threads(1)
+    store, reason, report, build_s = timed_build(vectors, args)
     catalog = LiveCatalog(work, CatalogStore(work / "catalog.db"), n, dim)
     catalog.follow(vector_sync(store, lambda v: v))
     mib = store.memory_bytes / 2**20
     index = f"{store.spec.factory}" + (f" nprobe={store.spec.nprobe}" if store.spec.is_ivf else "")
-    print(f"# {n:,} vectors of dim {dim}: catalog db {catalog_s:.0f}s; index {index} ({plan.reason}); "
+    print(f"# {n:,} vectors of dim {dim}: catalog db {catalog_s:.0f}s; index {index} ({reason}); "
           f"build+tune {build_s:.0f}s, recall@10 at build {report.recall_at_10}", flush=True)
 
     def planner(query: Query):
