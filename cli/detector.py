@@ -107,7 +107,8 @@ def train_detector(
 def train_mask(
     ctx: typer.Context,
     localiser: Annotated[Path, typer.Option(help="the trained localiser to add a mask head to")] = PACKAGED_WEIGHTS,
-    out: Annotated[Path, typer.Option(help="weights file to write (the localiser with its mask head)")] = PACKAGED_WEIGHTS,
+    out: Annotated[Path, typer.Option(help="weights file to write (the localiser with its mask head); serve it with "
+                                           "LOCALISER_WEIGHTS and MATTE_OBJECTS=true")] = Path("data/localiser-mask.pt"),
     cutouts_dir: CutoutsDir = Path("data/cutouts"),
     products: Products = 400,
     holdout: Annotated[Path | None, typer.Option(help="a training run's split.json: its test products never train "
@@ -123,7 +124,9 @@ def train_mask(
     seed: int = 0,
 ) -> None:
     """Add a foreground mask head to the localiser and train it on demo cut-outs pasted into photographs (the
-    detector is unchanged; the query path mattes the found object onto white with it)."""
+    detector is unchanged; the query path mattes the found object onto white with it). It writes a file of its
+    own, not the packaged weights: a mask head in the served weights runs on every query (0.70x of a forward
+    against 0.46x), even with MATTE_OBJECTS off."""
     import numpy as np
     from PIL import Image
 
