@@ -22,6 +22,8 @@ Iterations = Annotated[int, typer.Option(help="optimiser steps at most")]
 TimeBudget = Annotated[float, typer.Option(help="seconds of optimiser steps at most")]
 Workers = Annotated[int, typer.Option(help="render processes for the cut-outs")]
 Threads = Annotated[int, typer.Option(help="torch threads while training (1 is fastest on a busy CPU)")]
+HoldOut = Annotated[Path | None, typer.Option(help="a training run's split.json: its test products never train it "
+                                                   "(so the shopper bench's held-out rows stay held out)")]
 
 
 def _composite_material(ctx: typer.Context, cutouts_dir: Path, products: int, workers: int,
@@ -67,6 +69,7 @@ def train_detector(
     iterations: Iterations = 600,
     time_budget: TimeBudget = 600.0,
     image_size: Annotated[int, typer.Option(help="the photo's longer side when detecting")] = 160,
+    holdout: HoldOut = None,
     workers: Workers = 2,
     threads: Threads = 1,
     seed: int = 0,
@@ -79,7 +82,8 @@ def train_detector(
     from training.localiser import LocaliserTrainConfig, evaluate_localiser, train_localiser
 
     started = time.perf_counter()
-    train_bg, check_bg, train_cut, check_cut = _composite_material(ctx, cutouts_dir, products, workers)
+    excluded = frozenset(json.loads(holdout.read_text())["test"]) if holdout else frozenset()
+    train_bg, check_bg, train_cut, check_cut = _composite_material(ctx, cutouts_dir, products, workers, excluded)
     config = LocaliserTrainConfig(scenes=scenes, iterations=iterations, time_budget_s=time_budget, seed=seed,
                                   threads=threads)
     model_config = LocaliserConfig(image_size=image_size)
@@ -96,7 +100,7 @@ def train_detector(
     figures = {"localiser": evaluate_localiser(Localiser(model), check),
                "activation_baseline": evaluate_localiser(ActivationLocaliser(), check)}
     summary.update({"figures": figures, "check_scenes": len(check), "held_out_products": len(check_cut),
-                    "total_seconds": round(time.perf_counter() - started, 1)})
+                    "excluded_products": len(excluded), "total_seconds": round(time.perf_counter() - started, 1)})
     save_localiser(model, out, summary)
     (out.with_suffix(".json")).write_text(json.dumps(summary, indent=2) + "\n")
     typer.echo(json.dumps(figures))
@@ -111,8 +115,7 @@ def train_mask(
                                            "LOCALISER_WEIGHTS and MATTE_OBJECTS=true")] = Path("data/localiser-mask.pt"),
     cutouts_dir: CutoutsDir = Path("data/cutouts"),
     products: Products = 400,
-    holdout: Annotated[Path | None, typer.Option(help="a training run's split.json: its test products never train "
-                                                      "the head (so the shopper bench's held-out rows stay held out)")] = None,
+    holdout: HoldOut = None,
     scenes: Scenes = 1000,
     iterations: Iterations = 1000,
     time_budget: TimeBudget = 900.0,
