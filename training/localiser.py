@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,8 @@ from torchvision.models.detection.image_list import ImageList
 from models.localiser import Detector, LocaliserConfig, LocaliserNet
 from training.composite import Placed, SceneConfig, compose_scene, degrade, random_frame
 
-__all__ = ["LocaliserTrainConfig", "box_iou", "evaluate_localiser", "make_scene", "train_localiser", "training_scene"]
+__all__ = ["LocaliserTrainConfig", "box_iou", "evaluate_localiser", "make_scene", "optimise", "run_summary",
+           "torch_threads", "train_localiser", "training_scene"]
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +140,19 @@ def _train(backgrounds: Sequence[Image.Image], cutouts: Sequence[Image.Image], m
                                                        [targets[i] for i in pick.tolist()], size),
                             config, rng, started + prepared, progress, clip=5.0)
     model.eval()
-    summary = {"steps": step, "seconds": round(time.perf_counter() - started, 1),
-               "scene_and_feature_seconds": round(prepared, 1),
-               "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
-               "recipe": {**asdict(config), "model": model_config.model_dump()}}
-    return model, summary
+    return model, run_summary(step, losses, started, prepared, {**asdict(config), "model": model_config.model_dump()})
+
+
+def run_summary(steps: int, losses: list[float], started: float, prepared: float, recipe: dict) -> dict:
+    """What a head-training run saves beside its weights: steps, seconds (all, and making scenes and features),
+    the mean of the last 20 losses and the recipe."""
+    return {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
+            "scene_and_feature_seconds": round(prepared, 1),
+            "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None, "recipe": recipe}
 
 
 def optimise(params: list[torch.nn.Parameter], loss_of: Callable[[torch.Tensor], torch.Tensor],
-             config: LocaliserTrainConfig | Any, rng: np.random.Generator, steps_from: float,
+             config: LocaliserTrainConfig, rng: np.random.Generator, steps_from: float,
              progress: Callable[[int, float], None] | None = None, clip: float | None = None
              ) -> tuple[int, list[float]]:
     """AdamW with linear warm-up then cosine decay over ``config.iterations`` steps of ``loss_of(batch indices)``

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.localiser import LocaliserNet
-from training.localiser import optimise, torch_threads, training_scene
+from training.localiser import LocaliserTrainConfig, optimise, run_summary, torch_threads, training_scene
 
 __all__ = ["MaskTrainConfig", "mask_iou", "scene_mask", "train_mask_head"]
 
@@ -29,20 +29,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class MaskTrainConfig:
-    """The recipe; saved with the weights."""
+class MaskTrainConfig(LocaliserTrainConfig):
+    """The recipe (the localiser's training recipe, another learning rate and warm-up, plus the dice term's
+    weight); saved with the weights."""
 
-    scenes: int = 1500
-    iterations: int = 1500
-    batch_size: int = 32
     lr: float = 1e-2
-    weight_decay: float = 1e-4
     warmup: int = 30
     dice_weight: float = 1.0
-    seed: int = 0
-    time_budget_s: float | None = None
-    empty_prob: float = 0.08
-    threads: int | None = None
 
 
 def scene_mask(image: Image.Image, placed: Sequence) -> np.ndarray:
@@ -119,7 +112,5 @@ def _train(model: LocaliserNet, backgrounds: Sequence[Image.Image], cutouts: Seq
 
     step, losses = optimise(list(head.parameters()), loss_of, config, rng, started + prepared, progress)
     model.eval()
-    return {"steps": step, "seconds": round(time.perf_counter() - started, 1),
-            "scene_and_feature_seconds": round(prepared, 1),
-            "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
-            "recipe": {**asdict(config), "mask_channels": model.config.mask_channels}}
+    return run_summary(step, losses, started, prepared,
+                       {**asdict(config), "mask_channels": model.config.mask_channels})
