@@ -97,7 +97,6 @@ class RuntimeLocaliser(Localiser):
         self.runtime_name = resolve_runtime(options.runtime, torch.device("cpu"))
         self._run = None
         self._static: _StaticShapes | None = None
-        self._eager = LocaliserNetwork(model).eval()
         if self.runtime_name == "torch":
             return
         onnx_path = export_localiser(model, options.resolved_cache_dir())
@@ -147,7 +146,7 @@ class RuntimeLocaliser(Localiser):
         net: LocaliserNet = self.model  # type: ignore[assignment]
         images, _ = net.transform([tensor])
         outputs = self._run(np.ascontiguousarray(images.tensors.numpy(), dtype=np.float32))
-        names = self._eager.output_names()
+        names = self._network.output_names()
         return images, {k: torch.from_numpy(np.asarray(v)) for k, v in zip(names, outputs, strict=True)}
 
     def predict(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
