@@ -83,8 +83,10 @@ def compose_queries(demo_dir: Path, cutouts_dir: Path, products: list[str], seed
 
 def build_scenes(demo_dir: Path, scenes_dir: Path, cutouts_dir: Path, products: list[str], seed: int, workers: int
                  ) -> list[ShopperScene]:
-    """The shopper-photo queries (cached under ``scenes_dir``: JPEG scenes, PNG masks and an index CSV)."""
-    index = scenes_dir / f"scenes-seed{seed}.csv"
+    """The shopper-photo queries (cached under ``scenes_dir``: JPEG scenes, PNG masks and an index CSV). The index
+    is versioned: v2's boxes are those of the visible pixels (v1's, from before that fix of ``training.composite``,
+    were the whole object's box clipped to the frame); the scenes and masks themselves are unchanged."""
+    index = scenes_dir / f"scenes-seed{seed}-v2.csv"
     if index.exists():
         with index.open() as handle:
             rows = [ShopperScene(scenes_dir / r["image"], r["product_id"], tuple(float(r[c]) for c in "xywh"),

@@ -166,7 +166,8 @@ def _tight(cutout: Image.Image) -> Image.Image:
 
 def _paste(rng: np.random.Generator, frame: Image.Image, cutout: Image.Image, extent: float, cut: bool,
            source: int) -> Placed:
-    """Paste ``cutout`` so it spans ``extent`` of the frame in its dominant direction; return its visible box."""
+    """Paste ``cutout`` so it spans ``extent`` of the frame in its dominant direction; return its placement, whose
+    box is that of its pixels inside the frame."""
     W, H = frame.size
     obj = _tight(cutout)
     ow, oh = obj.size
@@ -191,12 +192,20 @@ def _paste(rng: np.random.Generator, frame: Image.Image, cutout: Image.Image, ex
         y = int(rng.integers(min(0, H - h), max(0, H - h) + 1))
     frame.paste(obj, (x, y), obj)
     alpha = np.asarray(obj.getchannel("A")) > 8
-    ys, xs = np.nonzero(alpha)
-    x0, x1 = np.clip([xs.min() + x, xs.max() + x + 1], 0, W)
-    y0, y1 = np.clip([ys.min() + y, ys.max() + y + 1], 0, H)
-    inside = alpha[max(0, -y):H - y, max(0, -x):W - x].sum() / max(1, alpha.sum())
-    return Placed((float(x0), float(y0), float(x1 - x0), float(y1 - y0)), float(inside), source, (x, y),
+    in_frame = alpha[max(0, -y):max(0, H - y), max(0, -x):max(0, W - x)]  # the part of the object inside the frame
+    inside = in_frame.sum() / max(1, alpha.sum())
+    return Placed(_visible_box(in_frame, max(0, x), max(0, y)), float(inside), source, (x, y),
                   np.asarray(obj.getchannel("A")))
+
+
+def _visible_box(in_frame: np.ndarray, x: int, y: int) -> tuple[float, float, float, float]:
+    """The box (x, y, w, h in frame pixels) of the object's pixels inside the frame (``in_frame``, whose top-left
+    is at ``x``, ``y``): for an object over an edge it is narrower on the other axis too than the whole object's
+    box clipped to the frame (a chair cut at its legs). Empty (w = h = 0) when no pixel is inside."""
+    ys, xs = np.nonzero(in_frame)
+    if len(xs) == 0:
+        return float(x), float(y), 0.0, 0.0
+    return (float(x + xs.min()), float(y + ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min()))
 
 
 def degrade(rng: np.random.Generator, image: Image.Image) -> Image.Image:

@@ -20,13 +20,29 @@ def test_a_placed_mask_is_the_pasted_alpha_and_gives_its_box():
         mask = placed[0].mask(scene.size)
         assert mask.shape == (scene.height, scene.width)
         x, y, w, h = mask_box(mask, threshold=9 / 255)
-        bx, by, bw, bh = placed[0].box
-        if seed % 2 == 0:
-            assert (x, y, w, h) == (bx, by, bw, bh)
-        else:  # the box is the whole object's, clipped to the frame: it holds the visible part
-            assert bx <= x and by <= y and x + w <= bx + bw and y + h <= by + bh
+        assert (x, y, w, h) == placed[0].box  # inside the frame or over an edge: the box of the visible pixels
         inside = (placed[0].alpha > 8).sum() * placed[0].visible
         assert (mask > 8.5 / 255).sum() == pytest.approx(inside, abs=1)
+
+
+def test_over_an_edge_the_box_is_that_of_the_visible_pixels_not_the_whole_object_clipped():
+    # a right triangle (wide at the bottom, a point at the top): cut at any edge, its visible part is shorter or
+    # narrower on the other axis too, which the whole object's box clipped to the frame would not show
+    alpha = np.tril(np.ones((120, 120), np.uint8)) * 255
+    cutout = Image.fromarray(np.dstack([np.full((120, 120, 3), 40, np.uint8), alpha]), "RGBA")
+    narrower = 0
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        scene, placed = compose_scene(rng, [busy_background(seed)], cutout, [],
+                                      SceneConfig(long_side=320, scale=(0.5, 0.7), cut_prob=1.0, degrade=False))
+        x, y, w, h = placed[0].box
+        assert (x, y, w, h) == mask_box(placed[0].mask(scene.size), threshold=9 / 255)
+        ox, oy = placed[0].offset
+        full_h, full_w = placed[0].alpha.shape
+        clipped_w = min(scene.width, ox + full_w) - max(0, ox)
+        clipped_h = min(scene.height, oy + full_h) - max(0, oy)
+        narrower += (w < clipped_w - 2) or (h < clipped_h - 2)
+    assert narrower >= 4  # the triangle's cut shows on the other axis in many of the cuts
 
 
 def test_matte_keeps_the_object_and_whitens_the_rest():
