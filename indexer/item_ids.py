@@ -24,14 +24,19 @@ _FIRST_BYTES = np.frombuffer(b"".join(bytes([255] * i + [0] * (8 - i)) for i in 
 
 
 def _packed(strings: Sequence[str], words: int | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(rows of zero-padded 64-bit words, whether each string fits) for ``strings``, ``words`` per row (None:
-    as many as the longest needs, at most MAX_WORDS); None when a string holds the NUL separator.
+    """(word columns: ``words`` rows of one zero-padded 64-bit word per string, whether each string fits) for
+    ``strings`` (``words`` None: as many as the longest needs, at most MAX_WORDS); None when a string holds the
+    NUL separator.
 
     The strings are joined and encoded once; each word is then one gather from a view of the encoded buffer
     that has a (possibly unaligned) uint64 starting at every byte, at the string's start plus 8j, with the
-    bytes past the string's end masked off. numpy's own str -> bytes array conversion costs several times more."""
+    bytes past the string's end masked off. numpy's own str -> bytes array conversion costs several times more.
+    Word j of every string is one contiguous column, so hashing and comparing read whole columns."""
     joined = _SEPARATOR.join(strings).encode("utf-8", "surrogatepass")
-    ends = np.flatnonzero(np.frombuffer(joined + b"\0", dtype=np.uint8) == 0)
+    size = len(joined)
+    longest = 8 * MAX_WORDS if words is None else 8 * words
+    data = np.frombuffer(joined + b"\0" * (longest + 8), dtype=np.uint8)  # one copy: the NUL ends the last string
+    ends = np.flatnonzero(data[:size + 1] == 0)
     if len(ends) != len(strings):
         return None
     starts = np.zeros(len(ends), dtype=np.int64)
@@ -39,20 +44,18 @@ def _packed(strings: Sequence[str], words: int | None) -> tuple[np.ndarray, np.n
     lengths = ends - starts
     if words is None:
         words = max(1, min(MAX_WORDS, -(-int(lengths.max(initial=0)) // 8)))
-    data = np.frombuffer(joined + b"\0" * (8 * words + 8), dtype=np.uint8)
     word_at = np.ndarray((len(data) - 7,), dtype=np.uint64, buffer=data, strides=(1,))  # a word at every byte
-    rows = np.empty((len(strings), words), dtype=np.uint64)
-    for j in range(words):
-        rows[:, j] = word_at[starts + 8 * j]
-        rows[:, j] &= _FIRST_BYTES[np.clip(lengths - 8 * j, 0, 8)]
-    return rows, lengths <= 8 * words
+    offsets = 8 * np.arange(words, dtype=np.int64)[:, None]
+    columns = word_at[starts + offsets]  # fancy indexing reads the strided view in place (np.take copies it)
+    columns &= _FIRST_BYTES[np.clip(lengths - offsets, 0, 8)]
+    return columns, lengths <= 8 * words
 
 
-def _hash(words: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row of words (splitmix64 chained over the words)."""
-    h = np.full(len(words), _GOLDEN, dtype=np.uint64)
+def _hash(columns: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each string's words (splitmix64 chained over the word columns)."""
+    h = np.full(columns.shape[1], _GOLDEN, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for column in words.T:
+        for column in columns:
             x = h ^ column
             x ^= x >> np.uint64(30)
             x *= _MIX1
@@ -61,6 +64,14 @@ def _hash(words: np.ndarray) -> np.ndarray:
             x ^= x >> np.uint64(31)
             h = x + _GOLDEN
     return h
+
+
+def _same(stored: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Whether each stored row of words (n, w) equals the query's words (columns (w, n))."""
+    same = stored[:, 0] == columns[0]
+    for j in range(1, len(columns)):
+        same &= stored[:, j] == columns[j]
+    return same
 
 
 class ItemIdIndex:
@@ -74,13 +85,17 @@ class ItemIdIndex:
             self._words = np.zeros((0, 1), dtype=np.uint64)
             packed_rows = np.zeros(0, dtype=np.int64)
         else:
-            self._words, fits = packed
+            columns, fits = packed
+            self._words = np.ascontiguousarray(columns.T)  # one row per id: a probe gathers its words at once
             self._others = {item_ids[i]: int(i) for i in np.flatnonzero(~fits)}
             packed_rows = np.flatnonzero(fits)
+            columns = columns[:, packed_rows]
         size = 1 << max(4, int(np.ceil(np.log2(max(len(packed_rows), 1) * 4))))  # load <= 1/4: short probes
         self._mask = size - 1
         self._table = np.full(size, -1, dtype=np.int32 if self.count < 2**31 else np.int64)
-        slot = (_hash(self._words[packed_rows]) & np.uint64(self._mask)).astype(np.int64)
+        if not len(packed_rows):
+            return
+        slot = (_hash(columns) & np.uint64(self._mask)).astype(np.int64)
         pending = np.arange(len(packed_rows))
         while len(pending):  # linear probing, one round per probe step: each free slot takes one pending id
             want = slot[pending]
@@ -94,25 +109,30 @@ class ItemIdIndex:
             slot[pending] = (slot[pending] + 1) & self._mask
 
     def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
-        """The row of each item id, -1 for ids not in the list (int64, in input order)."""
+        """The row of each item id, -1 for ids not in the list (int64, in input order).
+
+        The first probe of every id is a few whole-array passes (two gathers: the slot's row, that row's
+        words); only the ids whose slot holds another id probe on, a shrinking subset per step."""
         if not len(item_ids):
             return np.full(0, -1, dtype=np.int64)
         packed = _packed(item_ids, self._words.shape[1]) if len(self._words) else None
         if packed is None:  # some query holds NUL, or nothing is packed: the dict answers
             return np.fromiter((self._get(i) for i in item_ids), dtype=np.int64, count=len(item_ids))
-        words, fits = packed
-        everyone = bool(fits.all())
-        todo = np.arange(len(item_ids)) if everyone else np.flatnonzero(fits)
-        words = words if everyone else words[todo]
-        slot = (_hash(words) & np.uint64(self._mask)).astype(np.intp)
-        found = np.full(len(item_ids), -1, dtype=np.int64)
-        while len(todo):  # one round per probe step; ~1 in 10 ids needs a second one at load 1/4
-            row = self._table[slot]
-            same = self._words[row] == words  # row -1 (empty) reads the last id: masked by ``occupied``
-            hit = (row >= 0) & (same[:, 0] if same.shape[1] == 1 else same.all(axis=1))
+        columns, fits = packed
+        slot = (_hash(columns) & np.uint64(self._mask)).astype(np.intp)
+        row = self._table.take(slot)
+        occupied = row >= 0
+        same = _same(self._words.take(row, axis=0), columns)  # row -1 (empty) reads the last id: masked below
+        hit = same & occupied & fits  # an over-long id's first words may equal a shorter id's
+        found = np.where(hit, row, -1).astype(np.int64, copy=False)
+        todo = np.flatnonzero(occupied & ~hit & fits)  # ~1 in 10 ids at load 1/4
+        slot, columns = (slot[todo] + 1) & self._mask, columns[:, todo]
+        while len(todo):
+            row = self._table.take(slot)
+            hit = (row >= 0) & _same(self._words.take(row, axis=0), columns)
             found[todo[hit]] = row[hit]
-            more = (row >= 0) & ~hit  # occupied by another id: probe the next slot
-            todo, slot, words = todo[more], (slot[more] + 1) & self._mask, words[more]
+            more = np.flatnonzero((row >= 0) & ~hit)  # occupied by another id: probe the next slot
+            todo, slot, columns = todo[more], (slot[more] + 1) & self._mask, columns[:, more]
         if self._others:
             for i in np.flatnonzero(~fits):
                 found[i] = self._others.get(item_ids[i], -1)
