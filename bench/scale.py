@@ -72,6 +72,12 @@ class Row:
     candidates: int | None = None
 
 
+def item_id(i: int) -> str:
+    """Image i's item id, shaped like a shop's SKU (12 bytes, as ASINs or Shopify ids): id resolution costs more
+    with longer ids (one more 64-bit word per 8 bytes), so the bench does not use the shortest possible ids."""
+    return f"sku-{i:08d}"
+
+
 def categories_for(n: int, seed: int) -> np.ndarray:
     """One category per image: ``s<fraction>`` for each selectivity below 100%, ``rest`` for the others."""
     rng = np.random.default_rng(seed)
@@ -208,7 +214,7 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
     categories = categories_for(n, seed=n + 7)
     keyword = np.random.default_rng(n + 9).random(n) < KEYWORD_SHARE
     start = time.perf_counter()
-    rows = [CatalogRow(item_id=f"i{i}", product_id=f"p{i}", image=Path(f"/x/{i}.jpg"), category=str(categories[i]),
+    rows = [CatalogRow(item_id=item_id(i), product_id=f"p{i}", image=Path(f"/x/{i}.jpg"), category=str(categories[i]),
                        title="kwten chair" if keyword[i] else "chair") for i in range(n)]
     create_store(work / "catalog.db", rows, [str(i) for i in range(n)])
     del rows
@@ -252,7 +258,7 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
         if count > n:
             continue
         allowed = np.sort(rng.choice(n, count, replace=False))
-        record("candidates", Query(k=10, candidate_ids=[f"i{i}" for i in allowed]), allowed, candidates=count)
+        record("candidates", Query(k=10, candidate_ids=[item_id(i) for i in allowed]), allowed, candidates=count)
     record("keyword", Query(k=10, q="kwten"), np.flatnonzero(keyword), selectivity=KEYWORD_SHARE)
     catalog.close()
     return out

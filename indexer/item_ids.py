@@ -36,6 +36,12 @@ def _packed(strings: Sequence[str], words: int | None) -> tuple[np.ndarray, np.n
     size = len(joined)
     longest = 8 * MAX_WORDS if words is None else 8 * words
     data = np.frombuffer(joined + b"\0" * (longest + 8), dtype=np.uint8)  # one copy: the NUL ends the last string
+    width = _common_width(data, size, len(strings))
+    if width is not None:  # SKUs, UUIDs, zero-padded numbers: every word is a strided view, no gather
+        words = words or max(1, min(MAX_WORDS, -(-width // 8)))
+        grid = np.ndarray((words, len(strings)), dtype=np.uint64, buffer=data, strides=(8, width + 1))
+        columns = grid & _FIRST_BYTES[np.clip(width - 8 * np.arange(words), 0, 8)][:, None]
+        return columns, np.full(len(strings), width <= 8 * words)
     ends = np.flatnonzero(data[:size + 1] == 0)
     if len(ends) != len(strings):
         return None
@@ -49,6 +55,17 @@ def _packed(strings: Sequence[str], words: int | None) -> tuple[np.ndarray, np.n
     columns = word_at[starts + offsets]  # fancy indexing reads the strided view in place (np.take copies it)
     columns &= _FIRST_BYTES[np.clip(lengths - offsets, 0, 8)]
     return columns, lengths <= 8 * words
+
+
+def _common_width(data: np.ndarray, size: int, count: int) -> int | None:
+    """The encoded length shared by all ``count`` strings joined in ``data[:size]``, or None when they differ
+    (or one holds the NUL separator): a separator at every width + 1 bytes and no other NUL."""
+    if not count or (size + 1) % count:
+        return None
+    step = (size + 1) // count
+    if data[step - 1:size:step].any() or np.count_nonzero(data[:size] == 0) != count - 1:
+        return None
+    return step - 1
 
 
 def _hash(columns: np.ndarray) -> np.ndarray:

@@ -45,3 +45,24 @@ def test_lookup_stays_exact_when_every_hash_collides(monkeypatch):
 def test_ids_holding_nul_fall_back_to_a_dict():
     index = ItemIdIndex(["a", "b\0c", "d"])
     assert index.lookup(["d", "b\0c", "a", "b"]).tolist() == [2, 1, 0, -1]
+
+
+@pytest.mark.parametrize("width", [0, 5, 8, 12, 36, 8 * MAX_WORDS + 3])
+def test_ids_of_one_width_match_a_dict(width):
+    """Catalogs of SKUs or UUIDs: every id (and every query) has the same encoded length, packed by a strided
+    view; mixed-width queries, a NUL and multi-byte characters still answer exactly."""
+    rng = np.random.default_rng(width)
+    alphabet = list("0123456789ABCDEF")
+    fixed = list(dict.fromkeys("".join(rng.choice(alphabet, width)) for _ in range(2000)))
+    prefix = [fixed[0][:-1]] if width else []  # a shorter id that a NUL-padded query of the common width mimics
+    ids = fixed + prefix
+    index = ItemIdIndex(ids)
+    expected = {item: row for row, item in enumerate(ids)}
+    same_width = fixed[::2] + ["".join(rng.choice(alphabet, width)) for _ in range(50)]
+    if width >= 2:
+        same_width += ["é" + i[2:] for i in fixed[:20]]  # two UTF-8 bytes for one character: same byte width
+    checks = [same_width, same_width + ["short"]]
+    if width:
+        checks.append(same_width[:5] + [fixed[0][:-1] + "\0"])
+    for queries in checks:
+        assert index.lookup(queries).tolist() == [expected.get(q, -1) for q in queries]
