@@ -156,6 +156,8 @@ def plan_and_search(catalog: LiveCatalog, vectors: VectorStore, vector: np.ndarr
         hits = _take(catalog, ids[order], fused[order], query, wanted + 1)
         return Ranked(hits[query.offset:wanted], "exact", count, found.unknown, len(hits) > wanted)
 
+    if allowed is not None and not exact and len(allowed) == catalog.id_space:
+        allowed = None  # the filter allows every id there is (a category list naming them all): search unfiltered
     plan = "exact" if exact else "index" if allowed is None else "index+selector"
     if count == 0:
         return Ranked([], plan, count, found.unknown, False)

@@ -134,6 +134,17 @@ def test_unconstrained_branch_matches_brute_force_with_grouping(world):
     assert np.mean(recalls) >= (1.0 if world.exact_index else 0.9)
 
 
+def test_a_filter_allowing_every_id_searches_unfiltered(world):
+    """Every category named: with no deleted ids in the id space the filter excludes nothing, so the plan is the
+    unfiltered index (no selector); after deletes the mask leaves the dead ids out and a selector stays."""
+    vec = _query(world, 3)
+    everything = allowed_ids(world, lambda r: True)
+    ranked = _run(world, vec, Query(k=10, categories=["a", "b", "c"]), 0)
+    assert ranked.candidates == len(everything)
+    assert ranked.plan == ("index" if len(everything) == world.catalog.id_space else "index+selector")
+    _check(world, ranked, oracle(world, vec, everything, 10), False)
+
+
 def test_always_k_results_when_k_exist_even_if_the_set_is_tiny(world):
     live_items = sorted((row.item_id for row, _ in world.live.values()), key=lambda s: int(s[1:]))
     ids = [live_items[5], live_items[2000], live_items[-1]]
