@@ -46,6 +46,7 @@ CODES = ("float32", "fp16", "sq8")
 # Exact search over 8-bit/fp16 codes scores the allowed rows' codes by id up to 1/8 of the base (measured: 100k
 # of 1M 128-d 8-bit rows by id cost about a full SIMD scan of all 1M); beyond, FAISS scans with a bitmap.
 GATHER_FRACTION = 8
+GATHER_CHUNK = 4096  # rows of codes decoded and scored at a time (their float32 copy: 2 MiB at 128-d)
 # Exact scoring of one allowed id costs about as much as scanning this many vectors in an IVF-PQ fast-scan
 # list (measured: by-id float32 scoring ~0.9 ns per dimension, fast-scan ~4-bit lookups per code).
 EXACT_PER_SCANNED = 0.25
@@ -115,11 +116,19 @@ class CodeScorer:
         return cls(raw, vdiff / 255.0, vmin + 0.5 * vdiff / 255.0)
 
     def scores(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """(len(queries), len(ids)) inner products with the decoded rows ``ids``."""
-        rows = self.codes[ids].astype(np.float32)
-        if self.weights is None:
-            return queries @ rows.T
-        return (queries * self.weights) @ rows.T + (queries @ self.offset)[:, None]
+        """(len(queries), len(ids)) inner products with the decoded rows ``ids``.
+
+        Rows are gathered (``take``: 2.5x faster than fancy indexing on 2-D codes), widened to float32 and scored
+        GATHER_CHUNK at a time, so the float32 copy stays in cache: 100k of 1M 128-d 8-bit rows cost 13 ms
+        against 38 ms for one whole gather (one thread, same run, load 4)."""
+        out = np.empty((len(queries), len(ids)), dtype=np.float32)
+        weighted = queries if self.weights is None else queries * self.weights
+        for start in range(0, len(ids), GATHER_CHUNK):
+            rows = self.codes.take(ids[start:start + GATHER_CHUNK], axis=0).astype(np.float32)
+            out[:, start:start + len(rows)] = weighted @ rows.T
+        if self.offset is not None:
+            out += (queries @ self.offset)[:, None]
+        return out
 
 
 @dataclass(frozen=True)
