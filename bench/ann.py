@@ -54,15 +54,17 @@ def mixture(n: int, centres: np.ndarray, noise: float, seed: int) -> np.ndarray:
 class NeighbourProfile:
     """How a catalog's embeddings are spread, measured on real ones, and a generator of more like them.
 
-    Fitted on real embeddings with product ids (``fit``), it is a hierarchical model: a new product's centre is a
-    real product centre moved by a Gaussian kernel shaped like the centres' own covariance (a smoothed bootstrap
-    with variance correction, so the centres' mean and covariance are kept). The kernel is adaptive: its scale at
-    each real centre is proportional to that centre's distance to its nearest real centre (tight families of
-    near-identical products stay tight, isolated products spread), times one ``bandwidth`` chosen so that as many
-    generated centres as real ones have the real centres' median nearest-centre distance. Its images are the images of a random real product ("donor") around
-    their own centre, turned by a random rotation within their own span (same scatter matrix, so the same spread
-    and directions of spread, but new images). Without real embeddings (``synthetic``), centres are Gaussian with
-    a power-law spectrum and images Gaussian around them."""
+    Fitted on real embeddings with product ids (``fit``), it is a smoothed bootstrap of whole products: every real
+    product is the parent of the same number of new ones (each once at the real size, ten times at 10x). A new
+    product's centre is its parent's centre moved by a Gaussian kernel that lives in the span of the parent's
+    ``KERNEL_NEIGHBOURS`` nearest real centres (its covariance is their local covariance: new products stay on
+    the catalog's own manifold, between real neighbours, not off it in every direction), scaled by Silverman's
+    rule for the number of real products and the centres' intrinsic dimension (estimated from how the
+    nearest-centre distance grows when half the products are left out), then rescaled to the parent centre's norm
+    (how alike a product's unit-norm images are). Its images are the parent's own images around their centre,
+    turned by a random rotation within their span (same scatter matrix: the same spread and directions of spread,
+    which follow the parent's neighbourhood, but new images); the image count is the parent's. Without real
+    embeddings (``synthetic``), centres are Gaussian with a power-law spectrum and images Gaussian around them."""
 
     mean: np.ndarray           # (d,)
     centre_axes: np.ndarray    # (r, d)
@@ -72,9 +74,17 @@ class NeighbourProfile:
     images_per_product: float
     source: str
     centres: np.ndarray | None = None          # (P, d) real product centres (None: Gaussian centres)
-    bandwidth: float = 0.0                     # kernel scale, in units of the centres' own spread
+    bandwidth: float = 0.0                     # kernel scale at the real size, in units of the local spread
     donors: tuple[np.ndarray, ...] = ()        # per image count m: (products, m, d) real residuals
-    local: np.ndarray | None = None            # (P,) each centre's kernel scale: its nearest-centre distance / median
+    donor_of: np.ndarray | None = None         # (P, 2) each real product's (group in donors, row in that group)
+    neighbours: np.ndarray | None = None       # (P, k) each real centre's nearest other real centres
+    local_means: np.ndarray | None = None      # (P, d) the mean of those neighbours
+    intrinsic_dim: float = 0.0                 # of the real centres (nearest-distance scaling)
+    scaled_bandwidths: tuple[float, ...] = ()  # kernel scale at SCALE_FACTORS times the real product count
+
+    KERNEL_NEIGHBOURS = 15
+    SCALE_FACTORS = (2, 4, 8)
+    SCALE_FIT_PRODUCTS = 1024  # real products (at most) the scaled bandwidths are fitted on
 
     @classmethod
     def fit(cls, vectors: np.ndarray, products: np.ndarray | None = None, source: str = "real",
@@ -95,13 +105,25 @@ class NeighbourProfile:
         i_axes, i_scales = _principal(residual)
         order = np.argsort(index, kind="stable")
         groups = np.split(residual[order], np.cumsum(counts)[:-1])
-        donors = tuple(np.stack([g for g in groups if len(g) == m]).astype(np.float32)
-                       for m in np.unique(counts))
+        sizes = np.unique(counts)
+        donors = tuple(np.stack([g for g in groups if len(g) == m]).astype(np.float32) for m in sizes)
+        group = np.searchsorted(sizes, counts)
+        row = np.zeros(len(counts), dtype=np.int64)
+        for g in range(len(sizes)):
+            row[group == g] = np.arange(int((group == g).sum()))
+        centres = centres.astype(np.float32)
+        if len(centres) < 2:
+            raise ValueError("fitting the generator needs real embeddings of at least two products")
+        dim = intrinsic_dimension(centres, np.random.default_rng(seed))
+        neighbours = _nearest_rows(centres, min(cls.KERNEL_NEIGHBOURS, len(centres) - 1))[1]
         profile = cls(mean.astype(np.float32), c_axes, c_scales, i_axes, i_scales, len(x) / len(names), source,
-                      centres.astype(np.float32), 0.0, donors)
-        nearest = _nearest_distance(centres)
-        profile = replace(profile, local=(nearest / np.median(nearest)).astype(np.float32))
-        return replace(profile, bandwidth=profile.fit_bandwidth(seed))
+                      centres, silverman_bandwidth(len(centres), dim), donors, np.stack([group, row], axis=1),
+                      neighbours, _neighbour_means(centres, neighbours), dim)
+        scaled, floor = [], profile.bandwidth
+        for times in cls.SCALE_FACTORS:  # never narrower than at a smaller size
+            floor = max(floor, profile.fit_scaled_bandwidth(times, np.random.default_rng(seed)))
+            scaled.append(floor)
+        return replace(profile, scaled_bandwidths=tuple(scaled))
 
     @classmethod
     def synthetic(cls, dim: int, seed: int = 1338) -> NeighbourProfile:
@@ -113,45 +135,78 @@ class NeighbourProfile:
         mean *= 0.6 / np.linalg.norm(mean)
         return cls(mean, axes, scales, axes, scales * 0.35, 4.0, f"synthetic power-law spectrum, dim {dim}")
 
-    def fit_bandwidth(self, seed: int = 0, steps: int = 16) -> float:
-        """The kernel bandwidth at which as many generated centres as there are real ones have the real centres'
-        median nearest-centre distance (bisection: the distance grows with the bandwidth)."""
+    def fit_scaled_bandwidth(self, times: int, rng: np.random.Generator, steps: int = 10) -> float:
+        """The kernel scale at which ``times`` new products per real one have the nearest-centre distances a real
+        catalog ``times`` as large would have: the real median shrunk by times^(-1 / intrinsic dimension)
+        (bisection: at scale 0 a product's children coincide). At the real size the fit is empty (a copy of the
+        real centres has their distances), so there Silverman's rule sets the scale; beyond it, a kernel that
+        narrow leaves each real product's children in a clump (IVF on 10x the demo: recall 0.98 at nprobe 4).
+        Fitted on at most SCALE_FIT_PRODUCTS random real products and their children."""
         assert self.centres is not None
-        target = float(np.median(_nearest_distance(self.centres)))
-        low, high = 0.0, 4.0
+        some = rng.choice(len(self.centres), min(len(self.centres), self.SCALE_FIT_PRODUCTS), replace=False)
+        target = float(np.median(_nearest_distance(self.centres[some]))) * times ** (-1 / self.intrinsic_dim)
+        parent = np.repeat(some, times)
+        low, high = 0.0, 8 * self.bandwidth
         for _ in range(steps):
             mid = (low + high) / 2
-            drawn = self._centres(len(self.centres), np.random.default_rng(seed), mid)
+            drawn = self._drawn(parent, np.random.default_rng(0), mid)
             low, high = (mid, high) if np.median(_nearest_distance(drawn)) < target else (low, mid)
         return (low + high) / 2
 
-    def _centres(self, count: int, rng: np.random.Generator, bandwidth: float | None = None) -> np.ndarray:
-        """``count`` new product centres (float32)."""
-        noise = (rng.standard_normal((count, len(self.centre_scales)), dtype=np.float32) * self.centre_scales
-                 ) @ self.centre_axes
-        if self.centres is None:
-            return self.mean + noise
-        which = rng.integers(0, len(self.centres), count)
-        h = (self.bandwidth if bandwidth is None else bandwidth) * (
-            self.local[which, None] if self.local is not None else 1.0)
-        return self.mean + (self.centres[which] - self.mean + h * noise) / np.sqrt(1 + h * h)
+    def bandwidth_for(self, products: float) -> float:
+        """The kernel scale for a catalog of ``products`` new products: Silverman's at (or below) the real
+        product count, the fitted scaled bandwidths at SCALE_FACTORS times it (linear in log size between them,
+        the largest beyond)."""
+        if self.centres is None or not self.scaled_bandwidths or products <= len(self.centres):
+            return self.bandwidth
+        return float(np.interp(np.log2(products / len(self.centres)), np.log2((1, *self.SCALE_FACTORS)),
+                               (self.bandwidth, *self.scaled_bandwidths)))
 
-    def _images(self, centres: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-        """Each centre's images (unit vectors): a random donor's real residuals turned within their own span, or
+    def _centres(self, count: int, rng: np.random.Generator, bandwidth: float | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``count`` new product centres (float32) and the real product each was drawn around (None: Gaussian):
+        every real product parents the same number of them (give or take one)."""
+        if self.centres is None or self.neighbours is None or self.local_means is None:
+            noise = (rng.standard_normal((count, len(self.centre_scales)), dtype=np.float32) * self.centre_scales
+                     ) @ self.centre_axes
+            return self.mean + noise, None
+        total = len(self.centres)
+        parent = np.concatenate([rng.permutation(total) for _ in range(-(-count // total))])[:count]
+        return self._drawn(parent, rng, self.bandwidth if bandwidth is None else bandwidth), parent
+
+    def _drawn(self, parent: np.ndarray, rng: np.random.Generator, bandwidth: float) -> np.ndarray:
+        """A new product centre around each ``parent`` (real product row), ``bandwidth`` the kernel's scale."""
+        assert self.centres is not None and self.neighbours is not None and self.local_means is not None
+        count = len(parent)
+        own = self.centres[parent]
+        # Gaussian kernel with each parent's local covariance: random combinations of its neighbours' offsets
+        # from their own mean (a rank-k Gaussian with exactly that covariance), one neighbour at a time (no
+        # (count, k, d) temporary at 10M).
+        k = self.neighbours.shape[1]
+        local_mean = self.local_means[parent]
+        weights = rng.standard_normal((count, k), dtype=np.float32) * np.float32(bandwidth / np.sqrt(max(k - 1, 1)))
+        out = own.copy()
+        for j in range(k):
+            out += weights[:, j:j + 1] * (self.centres[self.neighbours[parent, j]] - local_mean)
+        out *= np.linalg.norm(own, axis=1, keepdims=True) / np.maximum(np.linalg.norm(out, axis=1, keepdims=True),
+                                                                      1e-12)
+        return out
+
+    def _images(self, centres: np.ndarray, parent: np.ndarray | None, rng: np.random.Generator
+                ) -> list[np.ndarray]:
+        """Each centre's images (unit vectors): its parent's real residuals turned within their own span, or
         Gaussian ones for the synthetic profile."""
-        if not self.donors:
+        if parent is None or self.donor_of is None:
             count = rng.poisson(self.images_per_product - 1, len(centres)) + 1
             images = np.repeat(centres, count, axis=0)
             images += (rng.standard_normal((len(images), len(self.image_scales)), dtype=np.float32)
                        * self.image_scales) @ self.image_axes
             return np.split(_unit(images), np.cumsum(count)[:-1])
-        sizes = np.array([len(d) for d in self.donors], dtype=np.float64)
-        kind = rng.choice(len(self.donors), len(centres), p=sizes / sizes.sum())
+        group, row = self.donor_of[parent].T
         out: list[np.ndarray] = [np.empty(0)] * len(centres)
         for which, donors in enumerate(self.donors):
-            mine = np.flatnonzero(kind == which)
-            residual = donors[rng.integers(0, len(donors), len(mine))]
-            residual = _rotate_within_span(residual, rng)
+            mine = np.flatnonzero(group == which)
+            residual = _rotate_within_span(donors[row[mine]], rng)
             images = _unit((centres[mine][:, None, :] + residual).reshape(-1, centres.shape[1]))
             for j, block in zip(mine, images.reshape(len(mine), donors.shape[1], -1)):
                 out[j] = block
@@ -166,9 +221,11 @@ class NeighbourProfile:
         # Each query belongs to the product that holds catalog row query_rows[i] (rows are shuffled below).
         query_rows = np.sort(rng.integers(0, n, queries))
         filled, asked = 0, 0
+        bandwidth = self.bandwidth_for(n / self.images_per_product)
         while filled < n:  # products in blocks: bounded memory at any n
-            centres = self._centres(min(50_000, int((n - filled) / self.images_per_product) + 64), rng)
-            images = self._images(centres, rng)
+            centres, parent = self._centres(min(50_000, int((n - filled) / self.images_per_product) + 64), rng,
+                                            bandwidth)
+            images = self._images(centres, parent, rng)
             sizes = np.array([len(i) for i in images])
             ends = filled + np.cumsum(sizes)
             last = min(len(images), int(np.searchsorted(ends, n)) + 1)
@@ -177,12 +234,30 @@ class NeighbourProfile:
             mine = query_rows[(query_rows >= filled) & (query_rows < filled + len(rows))]
             if len(mine):
                 owner = np.searchsorted(ends[:last], mine, side="right")
-                fresh = self._images(centres[owner], rng)
+                fresh = self._images(centres[owner], None if parent is None else parent[owner], rng)
                 query_out[asked:asked + len(mine)] = np.stack([f[0] for f in fresh])
                 asked += len(mine)
             filled += len(rows)
         rng.shuffle(out)  # ids do not follow products (in place: no second copy of a 10M catalog)
         return out, query_out
+
+
+def intrinsic_dimension(points: np.ndarray, rng: np.random.Generator, repeats: int = 16) -> float:
+    """The dimension d of the manifold the points lie on, from how nearest-neighbour distances scale with the
+    sample size (r ~ n^(-1/d)): the median nearest distance in random halves against the whole set."""
+    if len(points) < 8:
+        return float(points.shape[1])
+    whole = np.log(np.median(_nearest_distance(points)))
+    halves = [np.log(np.median(_nearest_distance(points[rng.choice(len(points), len(points) // 2, replace=False)])))
+              for _ in range(repeats)]
+    growth = float(np.mean(halves) - whole)
+    return float(np.log(2) / growth) if growth > 0 else float(points.shape[1])
+
+
+def silverman_bandwidth(n: int, dim: float) -> float:
+    """Silverman's rule of thumb for a Gaussian kernel density over ``n`` points in ``dim`` dimensions, in units
+    of the data's own spread: (4 / (d + 2))^(1 / (d + 4)) n^(-1 / (d + 4))."""
+    return float((4 / (dim + 2)) ** (1 / (dim + 4)) * n ** (-1 / (dim + 4)))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -203,16 +278,46 @@ def _rotate_within_span(residual: np.ndarray, rng: np.random.Generator) -> np.nd
     return mix @ residual
 
 
-def _nearest_distance(x: np.ndarray) -> np.ndarray:
-    """Each row's Euclidean distance to its nearest other row."""
+def _nearest_rows(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` nearest other rows (Euclidean), nearest first: (distances, row numbers)."""
     x = np.asarray(x, dtype=np.float32)
     squared = (x * x).sum(axis=1)
-    nearest = np.empty(len(x), dtype=np.float32)
+    rows = np.empty((len(x), k), dtype=np.int64)
+    distances = np.empty((len(x), k), dtype=np.float32)
     for start in range(0, len(x), 4096):
         d = squared[start:start + 4096, None] + squared[None, :] - 2 * x[start:start + 4096] @ x.T
         d[np.arange(len(d)), np.arange(start, start + len(d))] = np.inf
-        nearest[start:start + len(d)] = d.min(axis=1)
-    return np.sqrt(np.maximum(nearest, 0))
+        part = np.argpartition(d, k - 1, axis=1)[:, :k]
+        near = np.take_along_axis(part, np.argsort(np.take_along_axis(d, part, 1), axis=1), 1)
+        rows[start:start + len(d)] = near
+        distances[start:start + len(d)] = np.sqrt(np.maximum(np.take_along_axis(d, near, 1), 0))
+    return distances, rows
+
+
+def _neighbour_means(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Each row's mean of its ``neighbours`` rows (one neighbour rank at a time: no (P, k, d) temporary)."""
+    out = np.zeros_like(x)
+    for j in range(neighbours.shape[1]):
+        out += x[neighbours[:, j]]
+    return out / neighbours.shape[1]
+
+
+def _nearest_distance(x: np.ndarray) -> np.ndarray:
+    """Each row's Euclidean distance to its nearest other row."""
+    return _nearest_rows(x, 1)[0][:, 0]
+
+
+def _median_nearest_distance(x: np.ndarray, sample: int = 2000, seed: int = 0) -> float:
+    """The median over (at most ``sample``) random rows of their distance to the nearest other row."""
+    x = np.asarray(x, dtype=np.float32)
+    some = np.random.default_rng(seed).choice(len(x), min(sample, len(x)), replace=False)
+    squared = (x * x).sum(axis=1)
+    nearest = []
+    for rows in np.array_split(some, -(-len(some) // 256)):  # 256 rows at a time: bounded memory at 100x
+        d = squared[rows, None] + squared[None, :] - 2 * x[rows] @ x.T
+        d[np.arange(len(rows)), rows] = np.inf
+        nearest.append(d.min(axis=1))
+    return float(np.median(np.sqrt(np.maximum(np.concatenate(nearest), 0))))
 
 
 def _principal(x: np.ndarray, keep: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -322,20 +427,32 @@ def check_generator(args: argparse.Namespace) -> None:
     scales = [int(s) for s in args.check_scales.split(",") if s]
     for space, vectors in (("embeddings", real), (transform.describe(), transform.apply(real))):
         profile = NeighbourProfile.fit(vectors, products)
-        n = len(vectors)
-        rows = {f"real ({n:,})": neighbour_check(vectors, vectors, nprobe=args.check_nprobe)["real"]}
+        n, spacing = len(vectors), float(np.median(_nearest_distance(profile.centres)))
+        rows = {f"real ({n:,})": {**neighbour_check(vectors, vectors, nprobe=args.check_nprobe)["real"],
+                                  "kernel": "", "centre_nn_p50": spacing, "expected": spacing}}
         for times in scales if space != "embeddings" else [1]:  # 1280-d at 10x and more: too slow to be worth it
             generated, _ = profile.generate(n * times, seed=times)
-            rows[f"generated ({n * times:,})"] = neighbour_check(vectors, generated, nprobe=args.check_nprobe,
-                                                                 only_generated=True)["generated"]
+            bandwidth = profile.bandwidth_for(n * times / profile.images_per_product)
+            centres, _ = profile._centres(len(profile.centres) * times, np.random.default_rng(times), bandwidth)
+            rows[f"generated ({n * times:,})"] = {
+                **neighbour_check(vectors, generated, nprobe=args.check_nprobe, only_generated=True)["generated"],
+                "kernel": bandwidth, "centre_nn_p50": _median_nearest_distance(centres),
+                "expected": spacing * times ** (-1 / profile.intrinsic_dim)}
+            del generated, centres
+        blank = {"kernel": "", "centre_nn_p50": "", "expected": ""}
         gaussian = replace(profile, centres=None, donors=())
-        rows[f"Gaussian centres, no kernel ({n:,})"] = neighbour_check(
-            vectors, gaussian.generate(n, seed=1)[0], nprobe=args.check_nprobe, only_generated=True)["generated"]
-        rows[f"old mixture ({n:,})"] = neighbour_check(vectors, mixture(n, vectors, args.noise, seed=1),
-                                                       nprobe=args.check_nprobe, only_generated=True)["generated"]
+        rows[f"Gaussian centres, no kernel ({n:,})"] = {**neighbour_check(
+            vectors, gaussian.generate(n, seed=1)[0], nprobe=args.check_nprobe, only_generated=True)["generated"],
+            **blank}
+        rows[f"old mixture ({n:,})"] = {**neighbour_check(vectors, mixture(n, vectors, args.noise, seed=1),
+                                                          nprobe=args.check_nprobe, only_generated=True)["generated"],
+                                        **blank}
         keys = list(rows[f"real ({n:,})"])
-        print(f"\n# generator check, {space}: {n} real {vectors.shape[1]}-d vectors vs generated "
-              f"({profile.images_per_product:.1f} images per product; kernel bandwidth {profile.bandwidth:.3f})")
+        print(f"\n# generator check, {space}: {n} real {vectors.shape[1]}-d vectors of {len(profile.centres)} products "
+              f"({profile.images_per_product:.1f} images per product) vs generated; centres' intrinsic dimension "
+              f"{profile.intrinsic_dim:.1f}; kernel: the bandwidth used (Silverman's at the real size, scaled "
+              f"beyond); centre_nn_p50: median nearest-centre distance, expected: the real one x "
+              f"times^(-1/dimension)")
         print("| vectors | " + " | ".join(keys) + " |")
         print("|---|" + "---|" * len(keys))
         for name, row in rows.items():
