@@ -4,12 +4,14 @@ For each size, every index kind the chooser can pick (exact Flat, IVF-PQ fast-sc
 time (train + add + nprobe tuning), memory, single-query and batched QPS, recall@10 against exact search.
 
 Vectors come from a generator with the neighbour structure of real embeddings (``NeighbourProfile``): fitted on
-real ones (``--vectors PATH`` or the served generation under data/, with its product ids), it draws new product
-centres from an adaptive kernel density over the real product centres (bandwidth fitted so generated centres
-have the real nearest-centre distances) and each product's images from a real product's images around their
-centre, turned within their own span; queries are fresh images of catalog products. Without real embeddings, a
-power-law spectrum of dimension ``--dim``. ``--check`` compares real and generated vectors (top-1/top-10 gap,
-IVF recall at fixed nprobe) at the real sample's size and larger, beside the old generators.
+real ones (``--vectors PATH`` or the served generation under data/, with its product ids), it is a smoothed
+bootstrap of whole products: every real product parents the same number of new ones, each a centre drawn from a
+Gaussian kernel with the parent's local covariance (Silverman's bandwidth at the real size; beyond it, the
+bandwidth at which the nearest-centre distance shrinks as the real centres' intrinsic dimension says it would)
+carrying the parent's own images around their centre, turned within their own span; queries are fresh images of
+catalog products. Without real embeddings, a power-law spectrum of dimension ``--dim``. ``--check`` compares real
+and generated vectors (top-1/top-10 gap, IVF recall at fixed nprobe) at the real sample's size and larger, beside
+the old generators and a generator fitted on half the products and grown to the whole sample's size.
 
     .venv/bin/python bench/ann.py --sizes 100000,1000000
     .venv/bin/python bench/ann.py --check
@@ -56,15 +58,17 @@ class NeighbourProfile:
 
     Fitted on real embeddings with product ids (``fit``), it is a smoothed bootstrap of whole products: every real
     product is the parent of the same number of new ones (each once at the real size, ten times at 10x). A new
-    product's centre is its parent's centre moved by a Gaussian kernel that lives in the span of the parent's
-    ``KERNEL_NEIGHBOURS`` nearest real centres (its covariance is their local covariance: new products stay on
-    the catalog's own manifold, between real neighbours, not off it in every direction), scaled by Silverman's
-    rule for the number of real products and the centres' intrinsic dimension (estimated from how the
-    nearest-centre distance grows when half the products are left out), then rescaled to the parent centre's norm
-    (how alike a product's unit-norm images are). Its images are the parent's own images around their centre,
-    turned by a random rotation within their span (same scatter matrix: the same spread and directions of spread,
-    which follow the parent's neighbourhood, but new images); the image count is the parent's. Without real
-    embeddings (``synthetic``), centres are Gaussian with a power-law spectrum and images Gaussian around them."""
+    product's centre is its parent's centre moved by a Gaussian kernel with the local covariance of the parent's
+    ``KERNEL_NEIGHBOURS`` nearest real centres (new products stay on the catalog's own manifold, between real
+    neighbours, not off it in every direction), then rescaled to the parent centre's norm (how alike a product's
+    unit-norm images are). The kernel's scale: at the real size, Silverman's rule for the number of real products
+    and the centres' intrinsic dimension (estimated from how the nearest-centre distance grows when half the
+    products are left out); at larger sizes, the scale at which the generated nearest-centre distance shrinks as
+    that dimension says a real catalog's would (fitted at 2x, 4x and 8x; a real-size kernel would leave each
+    parent's children in a clump). A new product's images are the parent's own images around their centre, turned
+    by a random rotation within their span (same scatter matrix: the same spread and directions of spread, which
+    follow the parent's neighbourhood, but new images); the image count is the parent's. Without real embeddings
+    (``synthetic``), centres are Gaussian with a power-law spectrum and images Gaussian around them."""
 
     mean: np.ndarray           # (d,)
     centre_axes: np.ndarray    # (r, d)
@@ -242,7 +246,7 @@ class NeighbourProfile:
         return out, query_out
 
 
-def intrinsic_dimension(points: np.ndarray, rng: np.random.Generator, repeats: int = 16) -> float:
+def intrinsic_dimension(points: np.ndarray, rng: np.random.Generator, repeats: int = 64) -> float:
     """The dimension d of the manifold the points lie on, from how nearest-neighbour distances scale with the
     sample size (r ~ n^(-1/d)): the median nearest distance in random halves against the whole set."""
     if len(points) < 8:
@@ -440,6 +444,14 @@ def check_generator(args: argparse.Namespace) -> None:
                 "expected": spacing * times ** (-1 / profile.intrinsic_dim)}
             del generated, centres
         blank = {"kernel": "", "centre_nn_p50": "", "expected": ""}
+        if products is not None:  # out of sample: fitted on a random half of the products, grown to the whole
+            names = np.unique(products)
+            half = np.isin(products, np.random.default_rng(0).choice(names, len(names) // 2, replace=False))
+            grown = NeighbourProfile.fit(vectors[half], products[half])
+            rows[f"fitted on half the products, grown 2x ({n:,})"] = {
+                **neighbour_check(vectors, grown.generate(n, seed=2)[0], nprobe=args.check_nprobe,
+                                  only_generated=True)["generated"], **blank,
+                "kernel": grown.bandwidth_for(n / grown.images_per_product)}
         gaussian = replace(profile, centres=None, donors=())
         rows[f"Gaussian centres, no kernel ({n:,})"] = {**neighbour_check(
             vectors, gaussian.generate(n, seed=1)[0], nprobe=args.check_nprobe, only_generated=True)["generated"],
