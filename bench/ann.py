@@ -210,6 +210,8 @@ class NeighbourProfile:
         out: list[np.ndarray] = [np.empty(0)] * len(centres)
         for which, donors in enumerate(self.donors):
             mine = np.flatnonzero(group == which)
+            if not len(mine):
+                continue
             residual = _rotate_within_span(donors[row[mine]], rng)
             images = _unit((centres[mine][:, None, :] + residual).reshape(-1, centres.shape[1]))
             for j, block in zip(mine, images.reshape(len(mine), donors.shape[1], -1)):

@@ -100,6 +100,16 @@ def test_generated_catalog_has_about_the_real_gap_and_ivf_recall_and_a_wrong_ker
     assert abs(fitted["ivf_nprobe4_recall"] - real["ivf_nprobe4_recall"]) < 0.06, (real, fitted)
 
 
+def test_products_of_any_image_count_generate_with_few_queries():
+    x, products = _catalog()
+    products = products.copy()
+    products[:3] = products[4]  # product 0 keeps 1 image, product 1 gets 7: three image counts
+    profile = NeighbourProfile.fit(x, products)
+    assert sorted(len(d[0]) for d in profile.donors) == [1, 4, 7]
+    vectors, queries = profile.generate(500, seed=0, queries=1)  # one query: two image counts draw none
+    assert vectors.shape == (500, 16) and queries.shape == (1, 16)
+
+
 def test_synthetic_profile_still_generates():
     vectors, queries = NeighbourProfile.synthetic(8).generate(300, seed=0, queries=5)
     assert vectors.shape == (300, 8) and queries.shape == (5, 8)
