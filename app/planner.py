@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexer import StoredItem
+from indexer.item_ids import JoinedIds
 from indexer.live import LiveCatalog
 from indexer.overfetch import growing
 from indexer.vector_store import IdFilter, SearchParams, VectorStore
@@ -38,7 +39,7 @@ class Query:
     k: int
     offset: int = 0
     q: str | None = None
-    candidate_ids: Sequence[str] | None = None
+    candidate_ids: Sequence[str] | JoinedIds | None = None  # JoinedIds: one comma-separated text, not split
     categories: Sequence[str] | None = None
     group: bool = True
     keyword_weight: float = 0.0
@@ -71,8 +72,8 @@ def candidate_set(catalog: LiveCatalog, query: Query) -> Candidates:
     unknown: list[str] = []
     keyword_scores = None
     if query.candidate_ids is not None:
-        given = query.candidate_ids  # a list or tuple as it is (copying 100k references costs ~3 ms)
-        ids, unknown = catalog.resolve_item_ids(given if isinstance(given, (list, tuple)) else list(given))
+        given = query.candidate_ids  # a list, tuple or JoinedIds as it is (copying 100k references costs ~3 ms)
+        ids, unknown = catalog.resolve_item_ids(given if isinstance(given, (list, tuple, JoinedIds)) else list(given))
         mask = np.zeros(space, dtype=bool)
         mask[ids] = True
     if query.q:

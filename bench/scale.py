@@ -6,7 +6,9 @@ MiB; then single-query search time (the planner call: id resolution, filtering, 
 forward is not included) and recall@10 against the exact (filtered) top-10 for
 - ``unfiltered`` queries;
 - ``filtered`` queries, by a category holding 0.01 / 0.1 / 1 / 10 / 50 / 100 % of the catalog;
-- ``candidates``: keyword-then-image with 100 / 10k / 100k candidate item ids (the shop's own keyword hits);
+- ``candidates``: keyword-then-image with 100 / 10k / 100k candidate item ids (the shop's own keyword hits),
+  each sent two ways (``ids_as``): as a list of ids (a JSON array) and as one comma-separated text, read as the
+  service reads them (``app.query_input.candidate_list``, inside the timing);
 - ``keyword``: ``q`` matching 10% of the catalog through SQLite FTS5.
 
 Vectors live in the compact space the service searches (``--dim``, default 128: see README "Compact vectors"),
@@ -33,7 +35,7 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import faiss  # noqa: E402
@@ -42,6 +44,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.planner import Query, plan_and_search  # noqa: E402
+from app.query_input import candidate_list  # noqa: E402
 from bench.ann import generate, machine_header  # noqa: E402
 from indexer import CatalogRow, CatalogStore  # noqa: E402
 from indexer.exact import exact_top_k  # noqa: E402
@@ -70,6 +73,7 @@ class Row:
     plan: str
     selectivity: float | None = None
     candidates: int | None = None
+    ids_as: str | None = None  # candidates: "list" (a JSON array of ids) or "text" (one comma-separated string)
 
 
 def item_id(i: int) -> str:
@@ -228,19 +232,22 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
     print(f"# {n:,} vectors of dim {dim}: catalog db {catalog_s:.0f}s; index {index} ({reason}); "
           f"build+tune {build_s:.0f}s, recall@10 at build {report.recall_at_10}", flush=True)
 
-    def planner(query: Query):
+    def planner(query: Query, candidate_values: list[str] | None = None):
         def run(q: np.ndarray):
-            ranked = plan_and_search(catalog, store, q, query, exact_threshold=args.exact_threshold,
+            # candidate ids as the service reads them (app.query_input.candidate_list), inside the timing
+            asked = query if candidate_values is None else replace(query, candidate_ids=candidate_list(candidate_values))
+            ranked = plan_and_search(catalog, store, q, asked, exact_threshold=args.exact_threshold,
                                      overfetch=args.overfetch)
             return np.array([item.id for item, _ in ranked.hits], dtype=np.int64), ranked.plan
         return run
 
     out: list[Row] = []
 
-    def record(kind: str, query: Query, allowed: np.ndarray | None, **extra: object) -> None:
+    def record(kind: str, query: Query, allowed: np.ndarray | None, candidate_values: list[str] | None = None,
+               **extra: object) -> None:
         truth = exact_truth(vectors, queries, allowed)
         with BenchLock(args.lock):
-            found, wall, cpu, used = timed(planner(query), queries)
+            found, wall, cpu, used = timed(planner(query, candidate_values), queries)
         row = Row(n, kind, index, round(build_s, 1), round(mib, 1), round(recall(found, truth), 4),
                   round(float(np.median(wall)) * 1e3, 3), round(float(np.percentile(wall, 99)) * 1e3, 3),
                   round(float(np.median(cpu)) * 1e3, 3), used, **extra)  # type: ignore[arg-type]
@@ -258,7 +265,9 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
         if count > n:
             continue
         allowed = np.sort(rng.choice(n, count, replace=False))
-        record("candidates", Query(k=10, candidate_ids=[item_id(i) for i in allowed]), allowed, candidates=count)
+        ids = [item_id(i) for i in allowed]
+        record("candidates", Query(k=10), allowed, ids, candidates=count, ids_as="list")
+        record("candidates", Query(k=10), allowed, [",".join(ids)], candidates=count, ids_as="text")
     record("keyword", Query(k=10, q="kwten"), np.flatnonzero(keyword), selectivity=KEYWORD_SHARE)
     catalog.close()
     return out
@@ -269,7 +278,8 @@ def emit(row: Row, as_json: bool) -> None:
         print(json.dumps({k: v for k, v in row.__dict__.items() if v is not None}), flush=True)
         return
     what = f"{row.selectivity:.2%}" if row.selectivity is not None else (
-        f"{row.candidates:,} ids" if row.candidates is not None else "")
+        f"{row.candidates:,} ids" + (" in one text" if row.ids_as == "text" else "") if row.candidates is not None
+        else "")
     print(f"| {row.size:,} | {row.kind} | {what} | {row.index} | {row.plan} | {row.build_s} | {row.mib:.0f} | "
           f"{row.recall_at_10:.3f} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.cpu_p50_ms:.2f} |", flush=True)
 

@@ -7,11 +7,15 @@ looked up in an open-addressing table of row numbers; a probe compares the store
 query's, so a hit is exact (no false match on a hash collision) and costs one random memory access.
 
 Ids of more than ``MAX_WORDS`` x 8 UTF-8 bytes, or holding a NUL character, live in a plain dict instead.
+A list that arrives as one comma-separated text (``JoinedIds``) is packed from that text directly: no Python
+string per id, which is most of the cost when the 100k strings lie scattered over the heap.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,24 +30,31 @@ _FIRST_BYTES = np.frombuffer(b"".join(bytes([255] * i + [0] * (8 - i)) for i in 
 def _packed(strings: Sequence[str], words: int | None) -> tuple[np.ndarray, np.ndarray] | None:
     """(word columns: ``words`` rows of one zero-padded 64-bit word per string, whether each string fits) for
     ``strings`` (``words`` None: as many as the longest needs, at most MAX_WORDS); None when a string holds the
-    NUL separator.
-
-    The strings are joined and encoded once; each word is then one gather from a view of the encoded buffer
-    that has a (possibly unaligned) uint64 starting at every byte, at the string's start plus 8j, with the
-    bytes past the string's end masked off. numpy's own str -> bytes array conversion costs several times more.
-    Word j of every string is one contiguous column, so hashing and comparing read whole columns."""
+    NUL separator. The strings are joined and encoded once (see ``_packed_buffer``)."""
     joined = _SEPARATOR.join(strings).encode("utf-8", "surrogatepass")
+    return _packed_buffer(joined, len(strings), 0, words)
+
+
+def _packed_buffer(joined: bytes, count: int, separator: int,
+                   words: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``_packed`` for ``count`` ids already joined by the byte ``separator`` in ``joined``; None when the
+    separators do not make ``count`` ids.
+
+    Each word is one gather from a view of the buffer that has a (possibly unaligned) uint64 starting at every
+    byte, at the id's start plus 8j, with the bytes past the id's end masked off; ids of one common width are a
+    strided view (no gather). numpy's own str -> bytes array conversion costs several times more. Word j of
+    every id is one contiguous column, so hashing and comparing read whole columns."""
     size = len(joined)
     longest = 8 * MAX_WORDS if words is None else 8 * words
-    data = np.frombuffer(joined + b"\0" * (longest + 8), dtype=np.uint8)  # one copy: the NUL ends the last string
-    width = _common_width(data, size, len(strings))
+    data = np.frombuffer(joined + b"\0" * (longest + 8), dtype=np.uint8)  # one copy, zero padding after the end
+    width = _common_width(data, size, count, separator)
     if width is not None:  # SKUs, UUIDs, zero-padded numbers: every word is a strided view, no gather
         words = words or max(1, min(MAX_WORDS, -(-width // 8)))
-        grid = np.ndarray((words, len(strings)), dtype=np.uint64, buffer=data, strides=(8, width + 1))
+        grid = np.ndarray((words, count), dtype=np.uint64, buffer=data, strides=(8, width + 1))
         columns = grid & _FIRST_BYTES[np.clip(width - 8 * np.arange(words), 0, 8)][:, None]
-        return columns, np.full(len(strings), width <= 8 * words)
-    ends = np.flatnonzero(data[:size + 1] == 0)
-    if len(ends) != len(strings):
+        return columns, np.full(count, width <= 8 * words)
+    ends = np.append(np.flatnonzero(data[:size] == separator), size)
+    if len(ends) != count:
         return None
     starts = np.zeros(len(ends), dtype=np.int64)
     starts[1:] = ends[:-1] + 1
@@ -57,13 +68,13 @@ def _packed(strings: Sequence[str], words: int | None) -> tuple[np.ndarray, np.n
     return columns, lengths <= 8 * words
 
 
-def _common_width(data: np.ndarray, size: int, count: int) -> int | None:
-    """The encoded length shared by all ``count`` strings joined in ``data[:size]``, or None when they differ
-    (or one holds the NUL separator): a separator at every width + 1 bytes and no other NUL."""
+def _common_width(data: np.ndarray, size: int, count: int, separator: int) -> int | None:
+    """The encoded length shared by all ``count`` ids joined in ``data[:size]``, or None when they differ (or
+    one holds the separator): a separator at every width + 1 bytes and no other."""
     if not count or (size + 1) % count:
         return None
     step = (size + 1) // count
-    if data[step - 1:size:step].any() or np.count_nonzero(data[:size] == 0) != count - 1:
+    if (data[step - 1:size:step] != separator).any() or np.count_nonzero(data[:size] == separator) != count - 1:
         return None
     return step - 1
 
@@ -89,6 +100,31 @@ def _same(stored: np.ndarray, columns: np.ndarray) -> np.ndarray:
     for j in range(1, len(columns)):
         same &= stored[:, j] == columns[j]
     return same
+
+
+@dataclass(frozen=True)
+class JoinedIds:
+    """Item ids as one text, joined by ``separator`` (a shop's list sent as one comma-separated string, or a
+    request's list joined once): resolved without a Python string per id. Every id is non-empty and nothing
+    around it is stripped; ``make`` checks that and says None when the text needs splitting instead."""
+
+    text: str
+    separator: str = ","
+
+    @classmethod
+    def make(cls, text: str, separator: str = ",") -> JoinedIds | None:
+        """The ids of ``text``, or None unless it is ASCII with no whitespace and no empty id (what
+        ``str.split`` + ``str.strip`` would change) and no NUL (a NUL-padded id would pack like a shorter one)."""
+        if not text or not text.isascii() or len(separator) != 1 or _SEPARATOR in text or re.search(
+                rf"\s|{re.escape(separator * 2)}|\A{re.escape(separator)}|{re.escape(separator)}\Z", text):
+            return None
+        return cls(text, separator)
+
+    def __len__(self) -> int:
+        return self.text.count(self.separator) + 1
+
+    def split(self) -> list[str]:
+        return self.text.split(self.separator)
 
 
 class ItemIdIndex:
@@ -125,17 +161,27 @@ class ItemIdIndex:
             pending = pending[rest]
             slot[pending] = (slot[pending] + 1) & self._mask
 
-    def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
+    def lookup(self, item_ids: Sequence[str] | JoinedIds) -> np.ndarray:
         """The row of each item id, -1 for ids not in the list (int64, in input order).
 
         The first probe of every id is a few whole-array passes (two gathers: the slot's row, that row's
-        words); only the ids whose slot holds another id probe on, a shrinking subset per step."""
+        words); only the ids whose slot holds another id probe on, a shrinking subset per step. ``JoinedIds``
+        are packed straight from their text (no string object per id)."""
+        if isinstance(item_ids, JoinedIds):
+            packed = _packed_buffer(item_ids.text.encode("utf-8", "surrogatepass"), len(item_ids),
+                                    ord(item_ids.separator), self._words.shape[1]) if len(self._words) else None
+            if packed is None or (self._others and not packed[1].all()):  # long ids live in the dict: split
+                return self.lookup(item_ids.split())
+            return self._probe(*packed, item_ids)
         if not len(item_ids):
             return np.full(0, -1, dtype=np.int64)
         packed = _packed(item_ids, self._words.shape[1]) if len(self._words) else None
         if packed is None:  # some query holds NUL, or nothing is packed: the dict answers
             return np.fromiter((self._get(i) for i in item_ids), dtype=np.int64, count=len(item_ids))
-        columns, fits = packed
+        return self._probe(*packed, item_ids)
+
+    def _probe(self, columns: np.ndarray, fits: np.ndarray, item_ids: Sequence[str] | JoinedIds) -> np.ndarray:
+        """Rows of the packed ids (``columns``, ``fits`` as ``_packed`` gives them); over-long ids from the dict."""
         slot = (_hash(columns) & np.uint64(self._mask)).astype(np.intp)
         row = self._table.take(slot)
         occupied = row >= 0
@@ -150,9 +196,10 @@ class ItemIdIndex:
             found[todo[hit]] = row[hit]
             more = np.flatnonzero((row >= 0) & ~hit)  # occupied by another id: probe the next slot
             todo, slot, columns = todo[more], (slot[more] + 1) & self._mask, columns[:, more]
-        if self._others:
+        if self._others and not fits.all():
+            names = item_ids.split() if isinstance(item_ids, JoinedIds) else item_ids
             for i in np.flatnonzero(~fits):
-                found[i] = self._others.get(item_ids[i], -1)
+                found[i] = self._others.get(names[i], -1)
         return found
 
     def _get(self, item_id: str) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 
 from indexer.delta import DeltaSnapshot, DeltaLog
 from indexer.catalog_store import CatalogStore, StoredItem
-from indexer.item_ids import ItemIdIndex
+from indexer.item_ids import ItemIdIndex, JoinedIds
 from indexer.vector_store import VectorStore
 
 DeltaFollower = Callable[[DeltaSnapshot | None, DeltaSnapshot], None]
@@ -132,18 +132,23 @@ class LiveCatalog:
         found.update({int(i): items[int(i)] for i in ids[ids >= self.base_count] if int(i) in items})
         return found
 
-    def resolve_item_ids(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    def resolve_item_ids(self, item_ids: Sequence[str] | JoinedIds) -> tuple[np.ndarray, list[str]]:
         """(live vector ids of the known item ids, the item ids that are unknown or deleted) in input order."""
         view = self.view()
-        ids = self._base_item_ids().lookup(item_ids)
         delta = view.snapshot.by_item_id
+        if delta and isinstance(item_ids, JoinedIds):  # changed items are looked up by name: split the text
+            item_ids = item_ids.split()
+        ids = self._base_item_ids().lookup(item_ids)
         if delta:  # delta rows win over base rows (a changed item); map() over dict.get: a C-level loop
             ids = np.fromiter(map(delta.get, item_ids, ids.tolist()), dtype=np.int64, count=len(item_ids))
         if len(view.snapshot.tombstones):  # deleted base rows are unknown now (a 100k list: ~1 ms, skipped without)
             in_base = (ids >= 0) & (ids < self.base_count)
             ids[in_base] = np.where(view.dead[ids[in_base]], -1, ids[in_base])
         known = ids >= 0
-        return ids[known], [item_ids[i] for i in np.flatnonzero(~known)]
+        if known.all():
+            return ids, []
+        names = item_ids.split() if isinstance(item_ids, JoinedIds) else item_ids
+        return ids[known], [names[i] for i in np.flatnonzero(~known)]
 
     def ids_for_item_ids(self, item_ids: Sequence[str]) -> dict[str, int]:
         ids, unknown = self.resolve_item_ids(item_ids)

@@ -17,7 +17,7 @@ from app.errors import ApiError
 from app.openapi import component_ref
 from app.planner import PlanError, plan_and_search
 from app.planner import Query as PlanQuery
-from app.query_input import decode_base64_image, read_body, read_search_request, split_list, validated
+from app.query_input import candidate_list, decode_base64_image, read_body, read_search_request, split_list, validated
 from app.localise import Region, is_catalog_photo, oriented_size, regions
 from app.routing import ROUTING_POOL, route
 from app.schemas import (BatchSearchRequest, BatchSearchResponse, DetectedObject, ErrorResponse, Hit,
@@ -59,7 +59,7 @@ def plan_query(options: SearchOptions, settings: Settings, **extra: object) -> P
     if categories is not None and len(categories) > settings.max_categories:
         raise ApiError(422, "too_many_categories",
                        f"{len(categories)} categories; the limit is {settings.max_categories}")
-    candidates = split_list(options.candidate_ids)
+    candidates = candidate_list(options.candidate_ids)
     if candidates is not None:
         if not candidates:
             raise ApiError(422, "empty_candidates", "candidate_ids was given but holds no ids")

@@ -10,6 +10,7 @@ import pytest
 
 from app.planner import PlanError, Query, plan_and_search
 from indexer import CatalogRow, CatalogStore, IndexSpec, VectorStore
+from indexer.item_ids import JoinedIds
 from indexer.live import LiveCatalog, vector_sync
 from indexer.catalog_store import create_store
 from tests.vector_backends import BACKENDS
@@ -149,15 +150,17 @@ def test_always_k_results_when_k_exist_even_if_the_set_is_tiny(world):
     live_items = sorted((row.item_id for row, _ in world.live.values()), key=lambda s: int(s[1:]))
     ids = [live_items[5], live_items[2000], live_items[-1]]
     for threshold in (100_000, 0):
-        ranked = _run(world, _query(world, 0), Query(k=10, candidate_ids=ids + ["nope"], group=False), threshold)
-        assert sorted(h.item_id for h, _ in ranked.hits) == sorted(ids)
-        assert ranked.unknown_candidate_ids == ["nope"]
+        for given in (ids + ["nope"], JoinedIds.make(",".join(ids + ["nope"]))):  # a list, or one text
+            ranked = _run(world, _query(world, 0), Query(k=10, candidate_ids=given, group=False), threshold)
+            assert sorted(h.item_id for h, _ in ranked.hits) == sorted(ids)
+            assert ranked.unknown_candidate_ids == ["nope"]
 
 
 def test_deleted_items_are_unknown_candidates(world):
     gone = [f"i{i}" for i in range(0, 200, 17) if f"i{i}" not in {r.item_id for r, _ in world.live.values()}]
-    ranked = _run(world, _query(world, 1), Query(k=5, candidate_ids=gone + ["i1"], group=False), 100_000)
-    assert ranked.unknown_candidate_ids == gone and [h.item_id for h, _ in ranked.hits] == ["i1"]
+    for given in (gone + ["i1"], JoinedIds.make(",".join(gone + ["i1"]))):
+        ranked = _run(world, _query(world, 1), Query(k=5, candidate_ids=given, group=False), 100_000)
+        assert ranked.unknown_candidate_ids == gone and [h.item_id for h, _ in ranked.hits] == ["i1"]
 
 
 def test_grouping_over_fetch_loop_finds_k_products_under_a_selector(world):

@@ -68,6 +68,26 @@ def test_candidate_ids_restrict_and_unknown_ones_are_reported(client):
     assert body["unknown_candidate_ids"] == ["nope"]
 
 
+@pytest.mark.parametrize("given", [
+    ["p4-v0,p5-v1,nope"],                    # one comma-separated text: resolved without splitting it
+    ["p4-v0", "p5-v1", "nope"],              # repeated fields: joined once
+    ["p4-v0 , p5-v1", " nope ,"],            # spaces and an empty id: split and stripped as before
+])
+def test_candidate_ids_give_the_same_answer_in_every_form(client, given):
+    body = search(client, jpeg(draw_product(0, 5)), k="10", candidate_ids=given, group="false").json()
+    assert sorted(r["item_id"] for r in body["results"]) == ["p4-v0", "p5-v1"]
+    assert body["candidates"] == 2 and body["unknown_candidate_ids"] == ["nope"]
+
+
+def test_too_many_candidate_ids_in_one_text_are_refused(built_data_dir):
+    settings = Settings(data_dir=built_data_dir, reload_interval_s=0, device="cpu", max_candidates=3)
+    with TestClient(create_app(settings)) as small:
+        fine = search(small, jpeg(draw_product(0, 5)), candidate_ids="p4-v0,p5-v1,nope")
+        assert fine.status_code == 200, fine.text
+        refused = search(small, jpeg(draw_product(0, 5)), candidate_ids="p4-v0,p5-v1,p6-v0,nope")
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "too_many_candidates"
+
+
 def test_category_filter(client):
     body = search(client, jpeg(draw_product(0, 5)), k="10", category="tables").json()
     assert body["results"] and all(r["category"] == "tables" for r in body["results"])

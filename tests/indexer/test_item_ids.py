@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import indexer.item_ids as item_ids
-from indexer.item_ids import MAX_WORDS, ItemIdIndex
+from indexer.item_ids import MAX_WORDS, ItemIdIndex, JoinedIds
 
 
 def random_ids(count: int, seed: int) -> list[str]:
@@ -66,3 +66,24 @@ def test_ids_of_one_width_match_a_dict(width):
         checks.append(same_width[:5] + [fixed[0][:-1] + "\0"])
     for queries in checks:
         assert index.lookup(queries).tolist() == [expected.get(q, -1) for q in queries]
+
+
+def test_ids_joined_in_one_text_resolve_as_the_list_does():
+    """A shop's list sent as one comma-separated text resolves without splitting it, to the same rows; texts
+    that splitting and stripping would change (spaces, empty ids, non-ASCII, NUL) are refused by ``make``."""
+    rng = np.random.default_rng(7)
+    variable = [f"i{i}" for i in range(3000)] + ["z" * 20]
+    fixed = [f"sku-{i:08d}" for i in range(3000)]
+    long = variable + ["x" * (8 * MAX_WORDS + 5)]  # an id beyond the packed words: lives in the dict
+    for ids in (variable, fixed, long):
+        index = ItemIdIndex(ids)
+        queries = [ids[i] for i in rng.integers(0, len(ids), 500)] + ["nope", "i", "sku-0", ids[-1]]
+        joined = JoinedIds.make(",".join(queries))
+        assert joined is not None and len(joined) == len(queries)
+        assert index.lookup(joined).tolist() == index.lookup(queries).tolist()
+        assert index.lookup(JoinedIds.make(ids[0])).tolist() == [0]
+        same_width = [ids[i] for i in rng.integers(0, 3000, 200)]  # one width for the fixed ids: strided path
+        assert index.lookup(JoinedIds.make(",".join(same_width))).tolist() == index.lookup(same_width).tolist()
+    for text in ("a, b", "a,,b", ",a", "a,", "a\tb", "é,b", "a\0,b", ""):
+        assert JoinedIds.make(text) is None
+    assert JoinedIds.make("a;b", separator=";").split() == ["a", "b"]
