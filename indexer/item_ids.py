@@ -13,14 +13,14 @@ string per id, which is most of the cost when the 100k strings lie scattered ove
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 MAX_WORDS = 8  # ids up to 64 UTF-8 bytes are packed into words; longer ones go to the dict
 _SEPARATOR = "\0"
+_ASCII_SPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.strip() / str.isspace() take as space in ASCII
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64 finaliser
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 # word & _FIRST_BYTES[i] keeps a word's first i bytes in memory order (built from bytes: right on either endianness)
@@ -110,18 +110,23 @@ class JoinedIds:
 
     text: str
     separator: str = ","
+    count: int = field(init=False)  # ids in the text (counted once: 1 ms for 100k)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "count", self.text.count(self.separator) + 1)
 
     @classmethod
     def make(cls, text: str, separator: str = ",") -> JoinedIds | None:
         """The ids of ``text``, or None unless it is ASCII with no whitespace and no empty id (what
         ``str.split`` + ``str.strip`` would change) and no NUL (a NUL-padded id would pack like a shorter one)."""
-        if not text or not text.isascii() or len(separator) != 1 or _SEPARATOR in text or re.search(
-                rf"\s|{re.escape(separator * 2)}|\A{re.escape(separator)}|{re.escape(separator)}\Z", text):
+        if (not text or not text.isascii() or len(separator) != 1 or separator * 2 in text
+                or text.startswith(separator) or text.endswith(separator)
+                or any(c in text for c in _ASCII_SPACE + _SEPARATOR)):  # substring scans: 0.4 ms for 100k ids
             return None
         return cls(text, separator)
 
     def __len__(self) -> int:
-        return self.text.count(self.separator) + 1
+        return self.count
 
     def split(self) -> list[str]:
         return self.text.split(self.separator)

@@ -86,4 +86,6 @@ def test_ids_joined_in_one_text_resolve_as_the_list_does():
         assert index.lookup(JoinedIds.make(",".join(same_width))).tolist() == index.lookup(same_width).tolist()
     for text in ("a, b", "a,,b", ",a", "a,", "a\tb", "é,b", "a\0,b", ""):
         assert JoinedIds.make(text) is None
+    for space in (chr(c) for c in range(128) if chr(c).isspace()):  # whatever str.strip() would take off
+        assert JoinedIds.make(f"a{space},b") is None and JoinedIds.make(f"a,{space}b") is None
     assert JoinedIds.make("a;b", separator=";").split() == ["a", "b"]
