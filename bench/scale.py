@@ -7,8 +7,9 @@ forward is not included) and recall@10 against the exact (filtered) top-10 for
 - ``unfiltered`` queries;
 - ``filtered`` queries, by a category holding 0.01 / 0.1 / 1 / 10 / 50 / 100 % of the catalog;
 - ``candidates``: keyword-then-image with 100 / 10k / 100k candidate item ids (the shop's own keyword hits),
-  each sent two ways (``ids_as``): as a list of ids (a JSON array) and as one comma-separated text, read as the
-  service reads them (``app.query_input.candidate_list``, inside the timing);
+  each sent two ways (``ids_as``): as a JSON array of ids and as one comma-separated text, parsed from JSON
+  afresh for each query outside the timing (request parsing), then read as the service reads them
+  (``app.query_input.candidate_list``) inside it;
 - ``keyword``: ``q`` matching 10% of the catalog through SQLite FTS5.
 
 Vectors live in the compact space the service searches (``--dim``, default 128: see README "Compact vectors"),
@@ -95,12 +96,16 @@ def categories_for(n: int, seed: int) -> np.ndarray:
     return out
 
 
-def timed(run, queries: np.ndarray) -> tuple[list[np.ndarray], list[float], list[float], str]:
-    run(queries[0])  # warm-up: lazy id maps, caches
+def timed(run, queries: np.ndarray, request=None) -> tuple[list[np.ndarray], list[float], list[float], str]:
+    """Time ``run(q)`` per query (``run(q, request())`` with ``request``: what a request hands over, made
+    before the clock starts, as the service's request parsing is not search time)."""
+    call = run if request is None else (lambda q: run(q, request()))
+    call(queries[0])  # warm-up: lazy id maps, caches
     found, wall, cpu, plan = [], [], [], ""
     for q in queries:
+        given = () if request is None else (request(),)
         start, cpu_start = time.perf_counter(), time.thread_time()
-        ids, plan = run(q)
+        ids, plan = run(q, *given)
         cpu.append(time.thread_time() - cpu_start)
         wall.append(time.perf_counter() - start)
         found.append(ids)
@@ -232,8 +237,8 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
     print(f"# {n:,} vectors of dim {dim}: catalog db {catalog_s:.0f}s; index {index} ({reason}); "
           f"build+tune {build_s:.0f}s, recall@10 at build {report.recall_at_10}", flush=True)
 
-    def planner(query: Query, candidate_values: list[str] | None = None):
-        def run(q: np.ndarray):
+    def planner(query: Query):
+        def run(q: np.ndarray, candidate_values: list[str] | None = None):
             # candidate ids as the service reads them (app.query_input.candidate_list), inside the timing
             asked = query if candidate_values is None else replace(query, candidate_ids=candidate_list(candidate_values))
             ranked = plan_and_search(catalog, store, q, asked, exact_threshold=args.exact_threshold,
@@ -243,11 +248,14 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
 
     out: list[Row] = []
 
-    def record(kind: str, query: Query, allowed: np.ndarray | None, candidate_values: list[str] | None = None,
+    def record(kind: str, query: Query, allowed: np.ndarray | None, payload: bytes | None = None,
                **extra: object) -> None:
+        """``payload``: the request's candidate ids as JSON, parsed afresh for each query outside the timing
+        (the service's request parsing makes new strings for every request, then the search reads them)."""
         truth = exact_truth(vectors, queries, allowed)
+        request = None if payload is None else (lambda: json.loads(payload))
         with BenchLock(args.lock):
-            found, wall, cpu, used = timed(planner(query, candidate_values), queries)
+            found, wall, cpu, used = timed(planner(query), queries, request)
         row = Row(n, kind, index, round(build_s, 1), round(mib, 1), round(recall(found, truth), 4),
                   round(float(np.median(wall)) * 1e3, 3), round(float(np.percentile(wall, 99)) * 1e3, 3),
                   round(float(np.median(cpu)) * 1e3, 3), used, **extra)  # type: ignore[arg-type]
@@ -266,8 +274,9 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
             continue
         allowed = np.sort(rng.choice(n, count, replace=False))
         ids = [item_id(i) for i in allowed]
-        record("candidates", Query(k=10), allowed, ids, candidates=count, ids_as="list")
-        record("candidates", Query(k=10), allowed, [",".join(ids)], candidates=count, ids_as="text")
+        record("candidates", Query(k=10), allowed, json.dumps(ids).encode(), candidates=count, ids_as="list")
+        record("candidates", Query(k=10), allowed, json.dumps([",".join(ids)]).encode(), candidates=count,
+               ids_as="text")
     record("keyword", Query(k=10, q="kwten"), np.flatnonzero(keyword), selectivity=KEYWORD_SHARE)
     catalog.close()
     return out
