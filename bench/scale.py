@@ -7,9 +7,9 @@ forward is not included) and recall@10 against the exact (filtered) top-10 for
 - ``unfiltered`` queries;
 - ``filtered`` queries, by a category holding 0.01 / 0.1 / 1 / 10 / 50 / 100 % of the catalog;
 - ``candidates``: keyword-then-image with 100 / 10k / 100k candidate item ids (the shop's own keyword hits),
-  each sent two ways (``ids_as``): as a JSON array of ids and as one comma-separated text, parsed from JSON
-  afresh for each query outside the timing (request parsing), then read as the service reads them
-  (``app.query_input.candidate_list``) inside it;
+  each sent two ways (``ids_as``): as a JSON array of ids and as one comma-separated text, read afresh for each
+  query as the service reads a request (JSON, then ``app.query_input.candidate_list``) before the search
+  timing starts; that reading's CPU time is printed beside it (``read_p50_ms``);
 - ``keyword``: ``q`` matching 10% of the catalog through SQLite FTS5.
 
 Vectors live in the compact space the service searches (``--dim``, default 128: see README "Compact vectors"),
@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.planner import Query, plan_and_search  # noqa: E402
 from app.query_input import candidate_list  # noqa: E402
+from indexer.item_ids import JoinedIds  # noqa: E402
 from bench.ann import generate, machine_header  # noqa: E402
 from indexer import CatalogRow, CatalogStore  # noqa: E402
 from indexer.exact import exact_top_k  # noqa: E402
@@ -75,6 +76,7 @@ class Row:
     selectivity: float | None = None
     candidates: int | None = None
     ids_as: str | None = None  # candidates: "list" (a JSON array of ids) or "text" (one comma-separated string)
+    read_p50_ms: float | None = None  # candidates: CPU time to read them from the request (not search time)
 
 
 def item_id(i: int) -> str:
@@ -96,14 +98,20 @@ def categories_for(n: int, seed: int) -> np.ndarray:
     return out
 
 
-def timed(run, queries: np.ndarray, request=None) -> tuple[list[np.ndarray], list[float], list[float], str]:
-    """Time ``run(q)`` per query (``run(q, request())`` with ``request``: what a request hands over, made
-    before the clock starts, as the service's request parsing is not search time)."""
+def timed(run, queries: np.ndarray, request=None,
+          reading: list[float] | None = None) -> tuple[list[np.ndarray], list[float], list[float], str]:
+    """Time ``run(q)`` per query. With ``request``: ``run(q, request())``, the request read before the clock
+    starts (the service reads a request before it searches); ``reading`` collects that reading's CPU time."""
     call = run if request is None else (lambda q: run(q, request()))
     call(queries[0])  # warm-up: lazy id maps, caches
     found, wall, cpu, plan = [], [], [], ""
     for q in queries:
-        given = () if request is None else (request(),)
+        given: tuple[object, ...] = ()
+        if request is not None:
+            read_start = time.thread_time()
+            given = (request(),)
+            if reading is not None:
+                reading.append(time.thread_time() - read_start)
         start, cpu_start = time.perf_counter(), time.thread_time()
         ids, plan = run(q, *given)
         cpu.append(time.thread_time() - cpu_start)
@@ -238,9 +246,8 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
           f"build+tune {build_s:.0f}s, recall@10 at build {report.recall_at_10}", flush=True)
 
     def planner(query: Query):
-        def run(q: np.ndarray, candidate_values: list[str] | None = None):
-            # candidate ids as the service reads them (app.query_input.candidate_list), inside the timing
-            asked = query if candidate_values is None else replace(query, candidate_ids=candidate_list(candidate_values))
+        def run(q: np.ndarray, candidates: list[str] | JoinedIds | None = None):
+            asked = query if candidates is None else replace(query, candidate_ids=candidates)
             ranked = plan_and_search(catalog, store, q, asked, exact_threshold=args.exact_threshold,
                                      overfetch=args.overfetch)
             return np.array([item.id for item, _ in ranked.hits], dtype=np.int64), ranked.plan
@@ -250,12 +257,16 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
 
     def record(kind: str, query: Query, allowed: np.ndarray | None, payload: bytes | None = None,
                **extra: object) -> None:
-        """``payload``: the request's candidate ids as JSON, parsed afresh for each query outside the timing
-        (the service's request parsing makes new strings for every request, then the search reads them)."""
+        """``payload``: the request's candidate ids as JSON, read afresh for each query as the service reads a
+        request before it searches (JSON parsing, then ``app.query_input.candidate_list``), outside the search
+        timing; its CPU time is the row's ``read_p50_ms``."""
         truth = exact_truth(vectors, queries, allowed)
-        request = None if payload is None else (lambda: json.loads(payload))
+        request = None if payload is None else (lambda: candidate_list(json.loads(payload)))
+        reading: list[float] = []
         with BenchLock(args.lock):
-            found, wall, cpu, used = timed(planner(query), queries, request)
+            found, wall, cpu, used = timed(planner(query), queries, request, reading)
+        if reading:
+            extra["read_p50_ms"] = round(float(np.median(reading)) * 1e3, 3)
         row = Row(n, kind, index, round(build_s, 1), round(mib, 1), round(recall(found, truth), 4),
                   round(float(np.median(wall)) * 1e3, 3), round(float(np.percentile(wall, 99)) * 1e3, 3),
                   round(float(np.median(cpu)) * 1e3, 3), used, **extra)  # type: ignore[arg-type]
@@ -290,7 +301,8 @@ def emit(row: Row, as_json: bool) -> None:
         f"{row.candidates:,} ids" + (" in one text" if row.ids_as == "text" else "") if row.candidates is not None
         else "")
     print(f"| {row.size:,} | {row.kind} | {what} | {row.index} | {row.plan} | {row.build_s} | {row.mib:.0f} | "
-          f"{row.recall_at_10:.3f} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.cpu_p50_ms:.2f} |", flush=True)
+          f"{row.recall_at_10:.3f} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.cpu_p50_ms:.2f} | "
+          f"{'' if row.read_p50_ms is None else f'{row.read_p50_ms:.2f}'} |", flush=True)
 
 
 def main() -> None:
@@ -319,8 +331,8 @@ def main() -> None:
     if not args.json:
         print(machine_header("scale bench"))
         print("| size | kind | selectivity / candidates | index | plan | build s | MiB | recall@10 | p50 ms | p99 ms "
-              "| CPU p50 ms |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+              "| CPU p50 ms | reading ids, CPU p50 ms |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in (int(s) for s in args.sizes.split(",")):
         if args.store_only:
             bench_store_only(n, args)
