@@ -2,7 +2,7 @@
 
 A shop sends up to ``max_candidates`` item-id strings per search. A Python dict of 1M strings answers each
 after a few cache misses (about 100 ms for 100k ids on the shared 2-core machine). Here the request's ids are
-joined and encoded once, laid out as zero-padded rows of 64-bit words, hashed with vectorised arithmetic and
+joined and encoded once, laid out as columns of zero-padded 64-bit words, hashed with vectorised arithmetic and
 looked up in an open-addressing table of row numbers; a probe compares the stored row's words with the
 query's, so a hit is exact (no false match on a hash collision) and costs one random memory access.
 
