@@ -64,10 +64,11 @@ class ShopperScene:
 
 
 def compose_queries(demo_dir: Path, cutouts_dir: Path, products: list[str], seed: int, workers: int,
-                    degrade: bool = True) -> Iterator[tuple[str, str, Image.Image, Placed]]:
+                    degrade: bool = True) -> Iterator[tuple[str, str, Image.Image, list[Placed]]]:
     """Each held-out view of ``products`` pasted into a benchmark photograph: (scene name, product id, scene, the
-    product's placement). Seeded per view, so the same product list gives the same scenes; ``degrade=False``
-    gives the very same scenes before the camera faults (blur, noise, cast, JPEG)."""
+    placements: the product's first, then any second product's). Seeded per view, so the same product list gives
+    the same scenes; ``degrade=False`` gives the very same scenes before the camera faults (blur, noise, cast,
+    JPEG)."""
     cutouts = render_cutouts(demo_dir, cutouts_dir, kind="queries", products=set(products), workers=workers)
     backgrounds = load_backgrounds(wallpaper_paths(BENCH_WALLPAPERS))
     names = sorted(cutouts)
@@ -78,7 +79,7 @@ def compose_queries(demo_dir: Path, cutouts_dir: Path, products: list[str], seed
             others = [images[o][0] for o in rng.choice([o for o in names if o != name], size=min(8, len(names) - 1),
                                                        replace=False)] if len(names) > 1 else []
             scene, placed = compose_scene(rng, backgrounds, main, others, SceneConfig(degrade=degrade))
-            yield f"{name}-{k}", name, scene, placed[0]
+            yield f"{name}-{k}", name, scene, placed
 
 
 def build_scenes(demo_dir: Path, scenes_dir: Path, cutouts_dir: Path, products: list[str], seed: int, workers: int
@@ -95,7 +96,7 @@ def build_scenes(demo_dir: Path, scenes_dir: Path, cutouts_dir: Path, products: 
         if {r.product for r in rows} >= wanted and all(r.mask_path.exists() for r in rows if r.product in wanted):
             return [r for r in rows if r.product in wanted]
     rows = []
-    for stem, name, scene, placed in compose_queries(demo_dir, cutouts_dir, products, seed, workers):
+    for stem, name, scene, (placed, *_) in compose_queries(demo_dir, cutouts_dir, products, seed, workers):
         rel, mask_rel = f"scenes/{stem}.jpg", f"scenes/{stem}-mask.png"
         (scenes_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         scene.save(scenes_dir / rel, quality=92)
@@ -231,7 +232,7 @@ def main() -> None:
     matted[("shopper", "crop: true box, outside it on white (oracle, no mask)")] = [
         object_crop(matte(im, box_mask(im.size, b)), b, fill=WHITE) for im, b in zip(shop_images, oracle_boxes)]
     if args.degradation_rows:  # the same scenes before the camera faults: how much of the gap is blur/noise/JPEG
-        plain = {stem: (scene, placed) for stem, _, scene, placed in compose_queries(
+        plain = {stem: (scene, placed[0]) for stem, _, scene, placed in compose_queries(
             args.demo_dir, args.cutouts_dir, products, args.seed, args.workers, degrade=False)}
         plain_scenes = [plain[s.path.stem] for s in scenes]
         matted[("shopper", "crop: true box, no camera faults (oracle)")] = [

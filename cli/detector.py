@@ -22,6 +22,8 @@ Iterations = Annotated[int, typer.Option(help="optimiser steps at most")]
 TimeBudget = Annotated[float, typer.Option(help="seconds of optimiser steps at most")]
 Workers = Annotated[int, typer.Option(help="render processes for the cut-outs")]
 Threads = Annotated[int, typer.Option(help="torch threads while training (1 is fastest on a busy CPU)")]
+Variants = Annotated[int, typer.Option(help="extra backgrounds: mosaics of every non-benchmark wallpaper, hue and "
+                                          "contrast changed")]
 HoldOut = Annotated[Path | None, typer.Option(help="a training run's split.json: its test products never train it "
                                                    "(so the shopper bench's held-out rows stay held out)")]
 
@@ -59,6 +61,17 @@ def _composite_material(ctx: typer.Context, cutouts_dir: Path, products: int, wo
     return train_bg, check_bg, train_cut, check_cut
 
 
+def _wide_backgrounds(seed: int, variants: int) -> list:
+    """Every non-benchmark wallpaper (photographs, drawings, abstract art) plus ``variants`` hue- and
+    contrast-changed mosaics of them: the widest variety of backgrounds that leaves the benchmark's out."""
+    import numpy as np
+
+    from training.composite import background_variants, load_backgrounds, non_benchmark_wallpapers
+
+    backgrounds = load_backgrounds(non_benchmark_wallpapers(), max_side=640)
+    return backgrounds + background_variants(np.random.default_rng([seed, 5]), backgrounds, variants)
+
+
 @detector_app.command("train-detector")
 def train_detector(
     ctx: typer.Context,
@@ -70,6 +83,10 @@ def train_detector(
     time_budget: TimeBudget = 600.0,
     image_size: Annotated[int, typer.Option(help="the photo's longer side when detecting")] = 160,
     holdout: HoldOut = None,
+    wide_backgrounds: Annotated[bool, typer.Option(help="train over every non-benchmark wallpaper plus --variants "
+                                                        "mosaics, not only the training half of the photographs")
+                                ] = False,
+    variants: Variants = 200,
     workers: Workers = 2,
     threads: Threads = 1,
     seed: int = 0,
@@ -84,6 +101,8 @@ def train_detector(
     started = time.perf_counter()
     excluded = frozenset(json.loads(holdout.read_text())["test"]) if holdout else frozenset()
     train_bg, check_bg, train_cut, check_cut = _composite_material(ctx, cutouts_dir, products, workers, excluded)
+    if wide_backgrounds:
+        train_bg = _wide_backgrounds(seed, variants)
     config = LocaliserTrainConfig(scenes=scenes, iterations=iterations, time_budget_s=time_budget, seed=seed,
                                   threads=threads)
     model_config = LocaliserConfig(image_size=image_size)
@@ -100,7 +119,8 @@ def train_detector(
     figures = {"localiser": evaluate_localiser(Localiser(model), check),
                "activation_baseline": evaluate_localiser(ActivationLocaliser(), check)}
     summary.update({"figures": figures, "check_scenes": len(check), "held_out_products": len(check_cut),
-                    "excluded_products": len(excluded), "total_seconds": round(time.perf_counter() - started, 1)})
+                    "excluded_products": len(excluded), "backgrounds": len(train_bg),
+                    "wide_backgrounds": wide_backgrounds, "total_seconds": round(time.perf_counter() - started, 1)})
     save_localiser(model, out, summary)
     (out.with_suffix(".json")).write_text(json.dumps(summary, indent=2) + "\n")
     typer.echo(json.dumps(figures))
@@ -120,8 +140,7 @@ def train_mask(
     iterations: Iterations = 1000,
     time_budget: TimeBudget = 900.0,
     channels: Annotated[int, typer.Option(help="the LR-ASPP head's width")] = 64,
-    variants: Annotated[int, typer.Option(help="extra backgrounds: mosaics of every non-benchmark wallpaper, "
-                                               "hue and contrast changed")] = 200,
+    variants: Variants = 200,
     workers: Workers = 2,
     threads: Threads = 1,
     seed: int = 0,
@@ -134,8 +153,7 @@ def train_mask(
     from PIL import Image
 
     from models.localiser import Localiser, LocaliserConfig, LocaliserNet, load_localiser, save_localiser
-    from training.composite import (SceneConfig, background_variants, compose_scene, load_backgrounds,
-                                    non_benchmark_wallpapers)
+    from training.composite import SceneConfig, compose_scene
     from training.mask_head import MaskTrainConfig, mask_iou, scene_mask, train_mask_head
 
     if not localiser.exists():
@@ -143,8 +161,7 @@ def train_mask(
     started = time.perf_counter()
     excluded = frozenset(json.loads(holdout.read_text())["test"]) if holdout else frozenset()
     train_bg, check_bg, train_cut, check_cut = _composite_material(ctx, cutouts_dir, products, workers, excluded)
-    mask_bg = load_backgrounds(non_benchmark_wallpapers(), max_side=640)
-    mask_bg += background_variants(np.random.default_rng([seed, 5]), mask_bg, variants)
+    mask_bg = _wide_backgrounds(seed, variants)
     base = load_localiser(localiser)
     model = LocaliserNet(LocaliserConfig(**{**base.config.model_dump(), "mask_channels": channels}))
     model.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("mask_head.")},
