@@ -78,14 +78,14 @@ def train_detector(
     out: Annotated[Path, typer.Option(help="weights file to write")] = PACKAGED_WEIGHTS,
     cutouts_dir: CutoutsDir = Path("data/cutouts"),
     products: Products = 400,
-    scenes: Scenes = 800,
-    iterations: Iterations = 600,
-    time_budget: TimeBudget = 600.0,
+    scenes: Scenes = 6000,
+    iterations: Iterations = 6000,
+    time_budget: TimeBudget = 1500.0,
     image_size: Annotated[int, typer.Option(help="the photo's longer side when detecting")] = 160,
     holdout: HoldOut = None,
     wide_backgrounds: Annotated[bool, typer.Option(help="train over every non-benchmark wallpaper plus --variants "
                                                         "mosaics, not only the training half of the photographs")
-                                ] = False,
+                                ] = True,
     variants: Variants = 200,
     workers: Workers = 2,
     threads: Threads = 1,
