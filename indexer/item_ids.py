@@ -46,15 +46,16 @@ def _packed_buffer(joined: bytes, count: int, separator: int,
     size = len(joined)
     longest = 8 * MAX_WORDS if words is None else 8 * words
     data = np.frombuffer(joined + b"\0" * (longest + 8), dtype=np.uint8)  # one copy, zero padding after the end
-    width = _common_width(data, size, count, separator)
+    cuts = np.flatnonzero(data[:size] == separator)
+    if len(cuts) != count - 1:
+        return None
+    width = _common_width(cuts, size, count)
     if width is not None:  # SKUs, UUIDs, zero-padded numbers: every word is a strided view, no gather
         words = words or max(1, min(MAX_WORDS, -(-width // 8)))
         grid = np.ndarray((words, count), dtype=np.uint64, buffer=data, strides=(8, width + 1))
         columns = grid & _FIRST_BYTES[np.clip(width - 8 * np.arange(words), 0, 8)][:, None]
         return columns, np.full(count, width <= 8 * words)
-    ends = np.append(np.flatnonzero(data[:size] == separator), size)
-    if len(ends) != count:
-        return None
+    ends = np.append(cuts, size)
     starts = np.zeros(len(ends), dtype=np.int64)
     starts[1:] = ends[:-1] + 1
     lengths = ends - starts
@@ -67,13 +68,13 @@ def _packed_buffer(joined: bytes, count: int, separator: int,
     return columns, lengths <= 8 * words
 
 
-def _common_width(data: np.ndarray, size: int, count: int, separator: int) -> int | None:
-    """The encoded length shared by all ``count`` ids joined in ``data[:size]``, or None when they differ (or
-    one holds the separator): a separator at every width + 1 bytes and no other."""
-    if not count or (size + 1) % count:
+def _common_width(cuts: np.ndarray, size: int, count: int) -> int | None:
+    """The encoded length shared by all ``count`` ids joined in ``size`` bytes with separators at ``cuts``, or
+    None when they differ: a separator at every width + 1 bytes."""
+    if (size + 1) % count:
         return None
     step = (size + 1) // count
-    if (data[step - 1:size:step] != separator).any() or np.count_nonzero(data[:size] == separator) != count - 1:
+    if len(cuts) and (cuts[0] != step - 1 or (np.diff(cuts) != step).any()):
         return None
     return step - 1
 
@@ -180,7 +181,7 @@ class ItemIdIndex:
                                     self._words.shape[1]) if len(self._words) else None
             if packed is None or (self._others and not packed[1].all()):  # long ids live in the dict: split
                 return self.lookup(item_ids.split())
-            return self._probe(*packed, item_ids)
+            return self._probe(*packed, ())
         if not len(item_ids):
             return np.full(0, -1, dtype=np.int64)
         packed = _packed(item_ids, self._words.shape[1]) if len(self._words) else None
@@ -188,8 +189,9 @@ class ItemIdIndex:
             return np.fromiter((self._get(i) for i in item_ids), dtype=np.int64, count=len(item_ids))
         return self._probe(*packed, item_ids)
 
-    def _probe(self, columns: np.ndarray, fits: np.ndarray, item_ids: Sequence[str] | JoinedIds) -> np.ndarray:
-        """Rows of the packed ids (``columns``, ``fits`` as ``_packed`` gives them); over-long ids from the dict."""
+    def _probe(self, columns: np.ndarray, fits: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+        """Rows of the packed ids (``columns``, ``fits`` as ``_packed`` gives them); over-long ids from the dict
+        (by their name in ``item_ids``, needed only when some id does not fit)."""
         slot = (_hash(columns) & np.uint64(self._mask)).astype(np.intp)
         row = self._table.take(slot)
         occupied = row >= 0
@@ -205,9 +207,8 @@ class ItemIdIndex:
             more = np.flatnonzero((row >= 0) & ~hit)  # occupied by another id: probe the next slot
             todo, slot, columns = todo[more], (slot[more] + 1) & self._mask, columns[:, more]
         if self._others and not fits.all():
-            names = item_ids.split() if isinstance(item_ids, JoinedIds) else item_ids
             for i in np.flatnonzero(~fits):
-                found[i] = self._others.get(names[i], -1)
+                found[i] = self._others.get(item_ids[i], -1)
         return found
 
     def _get(self, item_id: str) -> int:
