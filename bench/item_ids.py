@@ -41,17 +41,16 @@ def previous_module(rev: str):  # type: ignore[no-untyped-def]
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("previous_item_ids", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  (dataclasses look their module up there)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 
 
-def cpu_ms(run: Callable[[], object], rounds: int) -> list[float]:
-    out = []
-    for _ in range(rounds):
-        start = time.thread_time()
-        run()
-        out.append((time.thread_time() - start) * 1e3)
-    return out
+def cpu_ms(run: Callable[[], object]) -> float:
+    """This thread's CPU milliseconds for one ``run()``."""
+    start = time.thread_time()
+    run()
+    return (time.thread_time() - start) * 1e3
 
 
 def main() -> None:
@@ -80,11 +79,11 @@ def main() -> None:
             raise SystemExit(f"{name}: a lookup disagrees with the dict")
         times: dict[str, list[float]] = {"dict": [], "old": [], "new": []}
         for _ in range(args.rounds):
-            times["dict"] += cpu_ms(lambda: np.fromiter(map(rows.get, wanted, [-1] * len(wanted)), dtype=np.int64,
-                                                         count=len(wanted)), 1)
+            times["dict"].append(cpu_ms(lambda: np.fromiter(map(rows.get, wanted, [-1] * len(wanted)),
+                                                            dtype=np.int64, count=len(wanted))))
             if old is not None:
-                times["old"] += cpu_ms(lambda: old.lookup(wanted), 1)
-            times["new"] += cpu_ms(lambda: index.lookup(wanted), 1)
+                times["old"].append(cpu_ms(lambda: old.lookup(wanted)))
+            times["new"].append(cpu_ms(lambda: index.lookup(wanted)))
         med = {k: float(np.median(v)) for k, v in times.items() if v}
         cells = [f"{med['dict']:.1f}"] + ([f"{med['old']:.1f}"] if old is not None else []) + [f"{med['new']:.1f}"]
         if old is not None:
