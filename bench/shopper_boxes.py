@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.shopper_quality import build_scenes, compose_queries  # noqa: E402
 from indexer import read_catalog  # noqa: E402
 from models.localiser import Localiser, crop_window  # noqa: E402
-from training.localiser import box_iou  # noqa: E402
+from training.localiser import box_intersection, box_iou  # noqa: E402
 
 Box = tuple[float, float, float, float]
 FAILURES = ("other product", "background", "too tight", "too wide", "shifted", "missed")
@@ -42,9 +42,7 @@ FAILURES = ("other product", "background", "too tight", "too wide", "shifted", "
 
 def covered(outer: Box, inner: Box) -> float:
     """The share of ``inner``'s area inside ``outer`` (boxes x, y, w, h)."""
-    iw = max(0.0, min(outer[0] + outer[2], inner[0] + inner[2]) - max(outer[0], inner[0]))
-    ih = max(0.0, min(outer[1] + outer[3], inner[1] + inner[3]) - max(outer[1], inner[1]))
-    return iw * ih / max(1e-9, inner[2] * inner[3])
+    return box_intersection(outer, inner) / max(1e-9, inner[2] * inner[3])
 
 
 def failure(top: Box | None, truth: Box, others: Sequence[Box]) -> str | None:

@@ -187,14 +187,19 @@ def optimise(params: list[torch.nn.Parameter], loss_of: Callable[[torch.Tensor],
     return step, losses
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (x, y, w, h) boxes."""
+def box_intersection(a: Sequence[float], b: Sequence[float]) -> float:
+    """The area two (x, y, w, h) boxes share."""
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
     iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
     ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
+    return iw * ih
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two (x, y, w, h) boxes."""
+    inter = box_intersection(a, b)
+    union = a[2] * a[3] + b[2] * b[3] - inter
     return inter / union if union > 0 else 0.0
 
 
