@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,11 +41,11 @@ from indexer import read_catalog  # noqa: E402
 from indexer.extract import extract_embeddings  # noqa: E402
 from models import Embedder, ModelConfig, build_model  # noqa: E402
 from models.category_probe import fit_category_probe  # noqa: E402
-from models.localiser import (ActivationLocaliser, Detector, Localiser, looks_like_catalog_photo,  # noqa: E402
-                              object_crop)
+from models.localiser import (ActivationLocaliser, Detector, Localiser, crop_window,  # noqa: E402
+                              looks_like_catalog_photo, object_crop)
 from models.matting import WHITE, box_from_mask, coarse_mask, matte, matted_crop  # noqa: E402
 from training.composite import (BENCH_WALLPAPERS, Placed, SceneConfig, compose_scene, load_backgrounds,  # noqa: E402
-                                wallpaper_paths)
+                                non_benchmark_wallpapers, wallpaper_paths)
 
 KS = (1, 5, 10)
 
@@ -117,6 +117,68 @@ def box_mask(size: tuple[int, int], box: tuple[float, float, float, float]) -> n
     x, y, w, h = (int(round(v)) for v in box)
     mask[max(0, y):y + h, max(0, x):x + w] = 1.0
     return mask
+
+
+def grown_or_shrunk(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """The mask dilated (``pixels`` > 0) or eroded (< 0) by that many pixels: a mask that is right but for its
+    edge, spilling onto the room or eating into the object."""
+    img = Image.fromarray(np.round(np.clip(mask, 0, 1) * 255).astype(np.uint8), "L")
+    size = 2 * abs(pixels) + 1
+    img = img.filter(ImageFilter.MaxFilter(size) if pixels > 0 else ImageFilter.MinFilter(size))
+    return np.asarray(img, np.float32) / 255.0
+
+
+def mask_at_crop_resolution(mask: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float],
+                            cells: int) -> np.ndarray:
+    """The mask averaged on a ``cells`` x ``cells`` grid over the crop window of ``box`` (what a head drawing
+    ``cells`` pixels across the crop could give at best), smoothly upsampled; zero outside the window."""
+    x0, y0, side = crop_window(size, box)
+    width, height = size
+    xs, ys, xe, ye = max(0, x0), max(0, y0), min(width, x0 + side), min(height, y0 + side)
+    window = np.zeros((side, side), np.float32)
+    window[ys - y0:ye - y0, xs - x0:xe - x0] = mask[ys:ye, xs:xe]
+    small = Image.fromarray(window, "F").resize((cells, cells), Image.Resampling.BOX)
+    back = np.asarray(small.resize((side, side), Image.Resampling.BILINEAR), np.float32)
+    out = np.zeros_like(mask)
+    out[ys:ye, xs:xe] = back[ys - y0:ye - y0, xs - x0:xe - x0]
+    return out
+
+
+def composite_gallery_crops(demo_dir: Path, cutouts_dir: Path, products: list[str], count: int, seed: int,
+                            detector: Detector, workers: int) -> tuple[list[Image.Image], list[str]]:
+    """``count`` shopper-like photos of each catalog product (its first indexed view's cut-out pasted into the
+    training photographs, never the benchmark's), each cropped the way a query is: the localiser's top box (the
+    whole photo when it finds nothing). Returns the crops and their product ids."""
+    cutouts = render_cutouts(demo_dir, cutouts_dir, kind="images", per_item=1, products=set(products),
+                             workers=workers)
+    backgrounds = load_backgrounds(non_benchmark_wallpapers())
+    crops, owners = [], []
+    for name in products:
+        if not cutouts.get(name):
+            continue
+        main = Image.open(cutouts[name][0]).convert("RGBA")
+        for k in range(count):
+            rng = np.random.default_rng([seed, 1, zlib.crc32(name.encode()), k])
+            scene, _ = compose_scene(rng, backgrounds, main, (), SceneConfig(second_prob=0.0))
+            found = detector.detect(scene)
+            crops.append(object_crop(scene, found[0].box) if found else scene)
+            owners.append(name)
+    return crops, owners
+
+
+def blend_gallery(gallery: np.ndarray, gallery_products: list[str], composites: np.ndarray, owners: list[str],
+                  weight: float) -> np.ndarray:
+    """Each catalog vector moved toward the mean of its product's composite vectors, renormalised:
+    ``normalise((1 - weight) g + weight mean)``; products without composites keep their vectors."""
+    means = {}
+    for name in dict.fromkeys(owners):
+        rows = composites[[i for i, o in enumerate(owners) if o == name]].mean(axis=0)
+        means[name] = rows / np.linalg.norm(rows)
+    out = np.array(gallery, dtype=np.float32, copy=True)
+    for i, name in enumerate(gallery_products):
+        if name in means:
+            out[i] = (1.0 - weight) * out[i] + weight * means[name]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def embed_crops(embedder: Embedder, images: list[Image.Image], boxes: list[tuple | None]) -> np.ndarray:
@@ -198,6 +260,13 @@ def main() -> None:
                         help="category routing: score + weight x p(item's category | query)")
     parser.add_argument("--degradation-rows", action="store_true",
                         help="oracle rows on the same scenes before blur, noise, colour cast and JPEG")
+    parser.add_argument("--mask-error-rows", action="store_true",
+                        help="oracle rows with the true mask spoiled: its edge moved by a few pixels, or drawn on a "
+                             "coarse grid over the crop (how good a predicted mask must be)")
+    parser.add_argument("--gallery-composites", type=int, default=0, metavar="K",
+                        help="also score every row against a gallery blended with K shopper-like photos per "
+                             "product (training photographs, cropped by the localiser): index-side adaptation")
+    parser.add_argument("--gallery-blend", type=float, default=0.3, help="the blend's weight (--gallery-composites)")
     parser.add_argument("--only", action="append", default=[],
                         help="only the rows whose method contains this text (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
@@ -231,6 +300,16 @@ def main() -> None:
         for im, m, b in zip(shop_images, shop_masks, oracle_boxes)]}
     matted[("shopper", "crop: true box, outside it on white (oracle, no mask)")] = [
         object_crop(matte(im, box_mask(im.size, b)), b, fill=WHITE) for im, b in zip(shop_images, oracle_boxes)]
+    if args.mask_error_rows:  # how exact must a predicted mask be? the true mask, spoiled in one way at a time
+        for pixels in (-3, 3, 8):
+            edge = f"{'grown' if pixels > 0 else 'shrunk'} by {abs(pixels)} px"
+            matted[("shopper", f"crop: true mask {edge}, on white (oracle)")] = [
+                object_crop(matte(im, grown_or_shrunk(m, pixels)), b, fill=WHITE)
+                for im, m, b in zip(shop_images, shop_masks, oracle_boxes)]
+        for cells in (28, 56, 112):
+            matted[("shopper", f"crop: true mask on a {cells}-cell grid over the crop, on white (oracle)")] = [
+                object_crop(matte(im, mask_at_crop_resolution(m, im.size, b, cells)), b, fill=WHITE)
+                for im, m, b in zip(shop_images, shop_masks, oracle_boxes)]
     if args.degradation_rows:  # the same scenes before the camera faults: how much of the gap is blur/noise/JPEG
         plain = {stem: (scene, placed[0]) for stem, _, scene, placed in compose_queries(
             args.demo_dir, args.cutouts_dir, products, args.seed, args.workers, degrade=False)}
@@ -330,6 +409,12 @@ def main() -> None:
                     *[(set_name, f"crop: {trained_name}, {rule}", shop_images if set_name == "shopper" else
                        clean_images, boxes, shop_truth if set_name == "shopper" else clean_truth)
                       for (set_name, rule), boxes in rules.items()]]
+        blended = None
+        if args.gallery_composites > 0 and trained_name is not None:
+            crops, owners = composite_gallery_crops(args.demo_dir, args.cutouts_dir, list(dict.fromkeys(
+                gallery_products)), args.gallery_composites, args.seed, detectors[trained_name], args.workers)
+            blended = blend_gallery(gallery, gallery_products, embedder.embed_images(crops, batch_size=32), owners,
+                                    args.gallery_blend)
         probe = fit_category_probe(gallery, [r.category for r in rows])
         gallery_route = np.sqrt(args.route_weight) * probe.routing_columns([r.category for r in rows])
         for set_name, method, images, boxes, truth in variants:
@@ -338,6 +423,10 @@ def main() -> None:
             vecs = embed_crops(embedder, images, boxes)
             recall = product_recall(vecs, truth, gallery, gallery_products, KS)
             report(results, args, model_name, set_name, method, len(images), recall)
+            if blended is not None:
+                report(results, args, model_name, set_name, f"{method} | gallery + {args.gallery_composites} "
+                       f"composites per product (blend {args.gallery_blend})", len(images),
+                       product_recall(vecs, truth, blended, gallery_products, KS))
             if method == f"crop: {trained_name}" or method == "whole frame":
                 # category routing as a soft filter: [q, sqrt(w) p(c|q)] . [g, sqrt(w) onehot(c_g)] = q.g + w p(c_g|q)
                 probs = probe.probabilities(vecs)
