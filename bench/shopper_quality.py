@@ -310,6 +310,11 @@ def main() -> None:
             matted[("shopper", f"crop: true mask on a {cells}-cell grid over the crop, on white (oracle)")] = [
                 object_crop(matte(im, mask_at_crop_resolution(m, im.size, b, cells)), b, fill=WHITE)
                 for im, m, b in zip(shop_images, shop_masks, oracle_boxes)]
+        side = Localiser.load(args.localiser).config.image_size if args.localiser.exists() else 160
+        grid = f"a {side}-cell grid over the photo (the localiser's input)"
+        matted[("shopper", f"crop: true mask on {grid}, on white (oracle)")] = [
+            object_crop(matte(im, coarse_mask(m, side)), b, fill=WHITE)
+            for im, m, b in zip(shop_images, shop_masks, oracle_boxes)]
     if args.degradation_rows:  # the same scenes before the camera faults: how much of the gap is blur/noise/JPEG
         plain = {stem: (scene, placed[0]) for stem, _, scene, placed in compose_queries(
             args.demo_dir, args.cutouts_dir, products, args.seed, args.workers, degrade=False)}
