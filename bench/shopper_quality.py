@@ -10,6 +10,9 @@ Rows (product-level Recall@1/5/10 over the whole catalog): the whole frame as to
 localiser's crop (the activation-map baseline, the trained FCOS localiser), and the crop of the true box
 (oracle: the ceiling for localisation). The clean set (the held-out renders as they are) shows what
 localisation costs where there is nothing to find. Also times a localisation against one embedding forward.
+``--mask-error-rows`` spoils the true mask one way at a time (edge moved, coarse grids) to show how exact a
+predicted mask must be; ``--gallery-composites K`` scores every row again against a gallery moved toward K
+shopper-like photos of each product (index-side adaptation).
 
     .venv/bin/python bench/shopper_quality.py [--limit N] [--checkpoint best.pt] [--json]
     (needs: the demo catalog, `apt-get install plasma-workspace-wallpapers`)
