@@ -44,7 +44,7 @@ from indexer import read_catalog  # noqa: E402
 from indexer.extract import extract_embeddings  # noqa: E402
 from models import Embedder, ModelConfig, build_model  # noqa: E402
 from models.category_probe import fit_category_probe  # noqa: E402
-from models.localiser import (ActivationLocaliser, Detector, Localiser, crop_window,  # noqa: E402
+from models.localiser import (ActivationLocaliser, Detector, Localiser, LocaliserConfig, crop_window,  # noqa: E402
                               looks_like_catalog_photo, object_crop)
 from models.matting import WHITE, box_from_mask, coarse_mask, matte, matted_crop  # noqa: E402
 from training.composite import (BENCH_WALLPAPERS, Placed, SceneConfig, compose_scene, load_backgrounds,  # noqa: E402
@@ -136,15 +136,11 @@ def mask_at_crop_resolution(mask: np.ndarray, size: tuple[int, int], box: tuple[
     """The mask averaged on a ``cells`` x ``cells`` grid over the crop window of ``box`` (what a head drawing
     ``cells`` pixels across the crop could give at best), smoothly upsampled; zero outside the window."""
     x0, y0, side = crop_window(size, box)
-    width, height = size
-    xs, ys, xe, ye = max(0, x0), max(0, y0), min(width, x0 + side), min(height, y0 + side)
-    window = np.zeros((side, side), np.float32)
-    window[ys - y0:ye - y0, xs - x0:xe - x0] = mask[ys:ye, xs:xe]
-    small = Image.fromarray(window, "F").resize((cells, cells), Image.Resampling.BOX)
-    back = np.asarray(small.resize((side, side), Image.Resampling.BILINEAR), np.float32)
-    out = np.zeros_like(mask)
-    out[ys:ye, xs:xe] = back[ys - y0:ye - y0, xs - x0:xe - x0]
-    return out
+    window = Image.fromarray(mask.astype(np.float32), "F").crop((x0, y0, x0 + side, y0 + side))  # 0 off the photo
+    back = window.resize((cells, cells), Image.Resampling.BOX).resize((side, side), Image.Resampling.BILINEAR)
+    frame = Image.new("F", size, 0.0)
+    frame.paste(back, (x0, y0))
+    return np.asarray(frame, np.float32)
 
 
 def composite_gallery_crops(demo_dir: Path, cutouts_dir: Path, products: list[str], count: int, seed: int,
@@ -303,6 +299,7 @@ def main() -> None:
         for im, m, b in zip(shop_images, shop_masks, oracle_boxes)]}
     matted[("shopper", "crop: true box, outside it on white (oracle, no mask)")] = [
         object_crop(matte(im, box_mask(im.size, b)), b, fill=WHITE) for im, b in zip(shop_images, oracle_boxes)]
+    trained = Localiser.load(args.localiser) if args.localiser.exists() else None  # loaded once, shared below
     if args.mask_error_rows:  # how exact must a predicted mask be? the true mask, spoiled in one way at a time
         for pixels in (-3, 3, 8):
             edge = f"{'grown' if pixels > 0 else 'shrunk'} by {abs(pixels)} px"
@@ -313,7 +310,7 @@ def main() -> None:
             matted[("shopper", f"crop: true mask on a {cells}-cell grid over the crop, on white (oracle)")] = [
                 object_crop(matte(im, mask_at_crop_resolution(m, im.size, b, cells)), b, fill=WHITE)
                 for im, m, b in zip(shop_images, shop_masks, oracle_boxes)]
-        side = Localiser.load(args.localiser).config.image_size if args.localiser.exists() else 160
+        side = trained.config.image_size if trained is not None else LocaliserConfig().image_size
         grid = f"a {side}-cell grid over the photo (the localiser's input)"
         matted[("shopper", f"crop: true mask on {grid}, on white (oracle)")] = [
             object_crop(matte(im, coarse_mask(m, side)), b, fill=WHITE)
@@ -330,8 +327,8 @@ def main() -> None:
     clean_truth = [prod for _, prod in clean]
 
     detectors: dict[str, Detector] = {} if args.no_baseline else {"activation map (untrained)": ActivationLocaliser()}
-    if args.localiser.exists():
-        detectors[f"localiser {args.localiser.name}"] = Localiser.load(args.localiser)
+    if trained is not None:
+        detectors[f"localiser {args.localiser.name}"] = trained
     else:
         print(f"(no localiser at {args.localiser}: run `lookalike train-detector` for its rows)", file=sys.stderr)
     timing = {}
@@ -343,8 +340,10 @@ def main() -> None:
     trained_name = next((n for n in detectors if n.startswith("localiser")), None)
     # segment, then embed: the localiser's top box, its mask head's foreground matted onto white inside that box's
     # crop (plain crop where the mask is empty there; whole frame where nothing is found or on catalog-style photos)
-    mask_localiser = Localiser.load(args.mask_localiser or args.localiser) if (args.mask_localiser or
-                                                                               args.localiser).exists() else None
+    if args.mask_localiser is None:
+        mask_localiser = trained
+    else:
+        mask_localiser = Localiser.load(args.mask_localiser) if args.mask_localiser.exists() else None
     if trained_name is not None:  # the cheapest matte: whiten what is outside the box
         matted[("shopper", f"crop: {trained_name}, outside its box on white")] = [
             object_crop(matte(im, box_mask(im.size, b)), b, fill=WHITE) if b is not None else im
